@@ -1,0 +1,173 @@
+"""The public entry point: ``compress(model, recipe, ...)``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import data as data_mod
+from . import export, models, report
+from .card import model_card
+from .context import Context
+from .data import CalibrationConfig, EvaluationConfig
+from .evaluate import Measurement, measure
+from .methods.quant.record import quantized_modules
+from .modeling import check_supported
+from .recipe import Recipe
+from .registry import get_method
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    """What ``compress`` returns."""
+
+    model: Any
+    tokenizer: Any
+    recipe: Recipe
+    before: Measurement | None = None
+    after: Measurement | None = None
+    output_dir: Path | None = None
+    notes: dict = field(default_factory=dict)
+    reload_max_abs_diff: float | None = None
+
+    def table(self) -> str:
+        cols = [c for c in (self.before, self.after) if c is not None]
+        return report.markdown(cols) if cols else ""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compress(
+    model: str | torch.nn.Module | None,
+    recipe: Recipe | str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    tokenizer=None,
+    calibration: CalibrationConfig | dict | None = None,
+    evaluation: EvaluationConfig | dict | bool | None = None,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    verify: bool | None = None,
+) -> Result:
+    """Apply a recipe to a model, optionally evaluate before/after and write the result.
+
+    Everything that can be checked without the model (recipe, data files, output
+    directory, model source and architecture) is checked before any weights load.
+
+    Args:
+        model: a model spec (alias, directory, ``.gguf``, hub id), a loaded model
+            (then pass ``tokenizer``), or None to use the recipe's ``model``.
+        recipe: a :class:`Recipe`, a YAML path or a built-in recipe name.
+        output_dir: where to write the compressed model (None: keep it in memory).
+        tokenizer: the tokenizer, when ``model`` is a loaded model.
+        calibration: overrides the recipe's calibration section.
+        evaluation: overrides the recipe's evaluation section; False disables it.
+        overwrite: replace an existing ``output_dir``.
+        device: where layer-by-layer work and evaluation run (default: cuda if available).
+        verify: reload the output in a fresh process and compare logits (default: the
+            recipe's ``output.verify``).
+
+    Returns:
+        A :class:`Result` with the model, the before/after measurements and the output path.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.load(recipe)
+    if isinstance(calibration, dict):
+        calibration = CalibrationConfig.from_dict(calibration)
+    if isinstance(evaluation, dict):
+        evaluation = EvaluationConfig.from_dict(evaluation)
+    calib_cfg = calibration or recipe.calibration
+    eval_cfg = None if evaluation is False else (evaluation or recipe.evaluation)
+    verify = recipe.output.verify if verify is None else verify
+    device = torch.device(device) if device is not None else default_device()
+
+    # ---- checks that need no weights
+    if output_dir is not None:
+        export.check_output_dir(output_dir, overwrite)
+    needs_calib = any(s.NEEDS_CALIBRATION for s in recipe.stages)
+    for src in ([calib_cfg] if needs_calib and calib_cfg else []) + ([eval_cfg] if eval_cfg else []):
+        data_mod.check_source(src)
+    if model is None:
+        model = recipe.model
+    if model is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"recipe {recipe.source} names no model: pass one (--model)", "model")
+
+    load_kwargs: dict = {}
+    for stage in recipe.stages:
+        if stage.AT_LOAD:
+            load_kwargs.update(stage.load_kwargs())
+    if isinstance(model, torch.nn.Module):
+        source = models.ModelSource(spec=type(model).__name__, kind="memory",
+                                    hub_id=getattr(model.config, "_name_or_path", None))
+        if tokenizer is None:
+            from .errors import ConfigError
+
+            raise ConfigError("pass tokenizer= along with a loaded model", "tokenizer")
+    else:
+        source = models.resolve(str(model))
+        check_supported(models.load_config(source), source.spec)
+        logger.info("loading %s", source.spec)
+        model, tokenizer, source = models.load(source, dtype=recipe.dtype, **load_kwargs)
+        if device.type != "cpu" and not load_kwargs:
+            model.to(device)
+
+    ctx = Context(tokenizer=tokenizer, device=device)
+    if needs_calib:
+        cache: dict = {}
+
+        def calibration_ids():
+            if "ids" not in cache:
+                cache["ids"] = data_mod.calibration_batches(tokenizer, calib_cfg, eval_cfg)
+            return cache["ids"]
+
+        ctx.calibration = calibration_ids
+
+    windows = data_mod.evaluation_windows(tokenizer, eval_cfg, calib_cfg if needs_calib else None) if eval_cfg else None
+    result = Result(model=model, tokenizer=tokenizer, recipe=recipe)
+    if eval_cfg is not None:
+        size = export.directory_size(source.path) if source.path is not None else None
+        result.before = measure(model, "original", windows, eval_cfg, size_on_disk=size)
+
+    for i, stage in enumerate(recipe.stages, 1):
+        if stage.AT_LOAD:
+            continue
+        logger.info("stage %d/%d: %s", i, len(recipe.stages), stage.METHOD)
+        t0 = time.perf_counter()
+        model = get_method(stage.METHOD).apply(model, stage, ctx) or model
+        ctx.notes.setdefault("stage_seconds", {})[f"{i}:{stage.METHOD}"] = round(time.perf_counter() - t0, 2)
+    result.model, result.notes = model, ctx.notes
+
+    if eval_cfg is not None:
+        result.after = measure(model, "compressed", windows, eval_cfg)
+
+    if output_dir is not None:
+        fmt = recipe.output.format if quantized_modules(model) else "dense"
+
+        def finalize(tmp: Path):
+            if result.after is not None:
+                result.after.size_on_disk_mb = export.directory_size(tmp) / 2**20
+            cols = [c for c in (result.before, result.after) if c is not None]
+            if cols:
+                report.write(cols, tmp, stem="llmcompress_report", title=recipe.name,
+                             extra={"recipe": recipe.to_dict(), "notes": ctx.notes, "source": source.spec})
+            (tmp / "README.md").write_text(model_card(recipe, source, cols, fmt))
+            if verify:
+                result.reload_max_abs_diff = check_reload(model, tmp)
+
+        from .verify import check_reload
+
+        export.save(model, tokenizer, output_dir, overwrite=overwrite, recipe_yaml=recipe.to_yaml(),
+                    options={"format": recipe.output.format}, finalize=finalize)
+        result.output_dir = Path(output_dir)
+    return result

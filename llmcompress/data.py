@@ -1,0 +1,237 @@
+"""Calibration and evaluation text: the built-in sample, local files, `datasets` names.
+
+One place turns a text source into token windows:
+
+* ``calibration_batches``: ``num_samples`` windows of ``seq_len`` tokens drawn at
+  random (fixed seed) from the calibration text, as in GPTQ's reference code;
+* ``evaluation_windows``: the first ``max_tokens`` tokens of the held-out text cut into
+  consecutive, non-overlapping windows (fixed windows make perplexities comparable).
+
+Sources (the ``source`` key):
+
+* ``wiki_calib`` / ``wiki_eval``: real Wikipedia text shipped with the package
+  (CC BY-SA, see ``llmcompress/data/README.md``); the two are disjoint articles;
+* a path to a ``.txt`` file (paragraphs), or ``.jsonl`` / ``.json`` (one record a line,
+  the ``text_field`` column);
+* a Hugging Face dataset name, ``NAME`` or ``NAME:CONFIG`` (e.g.
+  ``wikitext:wikitext-2-raw-v1``), for users online; ``split`` picks the split.
+
+When calibration and evaluation name the same source, calibration draws only from the
+first ``1 - holdout`` of its tokens and evaluation reads only the rest, so the two
+never overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import ConfigBase, check_range
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).parent / "data"
+BUILTIN_TEXTS = {"wiki_calib": "wiki_calib.txt", "wiki_eval": "wiki_eval.txt"}
+# Fraction of a shared source kept for evaluation when both sides name it.
+HOLDOUT = 0.2
+
+
+@dataclass
+class TextSource(ConfigBase):
+    """Where text comes from."""
+
+    source: str = field(default="wiki_calib", metadata={"help": "built-in name, file path or datasets name"})
+    split: str = field(default="train", metadata={"help": "datasets split (datasets sources only)"})
+    text_field: str = field(default="text", metadata={"help": "column / JSON key holding the text"})
+
+    def key(self) -> tuple[str, str, str]:
+        return (self.source, self.split, self.text_field)
+
+
+@dataclass
+class CalibrationConfig(TextSource):
+    """Calibration data for methods that observe activations (GPTQ, Wanda, SparseGPT)."""
+
+    num_samples: int = field(default=128, metadata={"help": "number of windows"})
+    seq_len: int = field(default=512, metadata={"help": "tokens per window"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+    @classmethod
+    def _label(cls) -> str:
+        return "calibration"
+
+    def __post_init__(self):
+        check_range("num_samples", self.num_samples, 1)
+        check_range("seq_len", self.seq_len, 8)
+
+
+@dataclass
+class EvaluationConfig(TextSource):
+    """Held-out evaluation: perplexity windows plus speed measurements."""
+
+    source: str = field(default="wiki_eval", metadata={"help": "built-in name, file path or datasets name"})
+    max_tokens: int = field(default=4096, metadata={"help": "tokens of evaluation text used for perplexity"})
+    seq_len: int = field(default=512, metadata={"help": "perplexity window length"})
+    batch_size: int = field(default=1, metadata={"help": "windows per forward pass"})
+    latency: bool = field(default=True, metadata={"help": "measure prefill latency and decode tokens/s"})
+    decode_tokens: int = field(default=32, metadata={"help": "tokens generated for the decode speed"})
+
+    @classmethod
+    def _label(cls) -> str:
+        return "evaluation"
+
+    def __post_init__(self):
+        check_range("max_tokens", self.max_tokens, 16)
+        check_range("seq_len", self.seq_len, 8)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("decode_tokens", self.decode_tokens, 1)
+
+
+def check_source(src: TextSource) -> None:
+    """Fail early (before any model is loaded) when a local source cannot be read."""
+    if src.source in BUILTIN_TEXTS:
+        return
+    path = Path(src.source).expanduser()
+    if _looks_like_path(src.source):
+        if not path.is_file():
+            raise DataError(
+                f"text file '{src.source}' does not exist. Give an existing .txt/.jsonl file, "
+                f"a built-in text ({', '.join(BUILTIN_TEXTS)}) or a datasets name."
+            )
+        try:
+            with open(path, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise DataError(f"text file '{src.source}' cannot be read: {exc}") from exc
+
+
+def _looks_like_path(source: str) -> bool:
+    return (
+        source.endswith((".txt", ".jsonl", ".json"))
+        or "/" in source and Path(source).expanduser().exists()
+        or source.startswith((".", "~", "/"))
+    )
+
+
+def load_texts(src: TextSource) -> list[str]:
+    """Read the documents of a source as a list of strings."""
+    check_source(src)
+    if src.source in BUILTIN_TEXTS:
+        return _read_txt(BUILTIN_DIR / BUILTIN_TEXTS[src.source])
+    if _looks_like_path(src.source):
+        path = Path(src.source).expanduser()
+        if path.suffix in (".jsonl", ".json"):
+            return _read_jsonl(path, src.text_field)
+        return _read_txt(path)
+    return _read_datasets(src)
+
+
+def _read_txt(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"text file '{path}' cannot be read as UTF-8 text: {exc}") from exc
+    docs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    if not docs:
+        raise DataError(f"text file '{path}' is empty: give a file with some text in it.")
+    return docs
+
+
+def _read_jsonl(path: Path, text_field: str) -> list[str]:
+    docs = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if text_field not in record:
+                    raise DataError(
+                        f"{path}:{lineno}: no '{text_field}' key in the record (keys: "
+                        f"{', '.join(record)}). Set text_field to the key holding the text."
+                    )
+                docs.append(str(record[text_field]))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"'{path}' cannot be read as JSON lines: {exc}") from exc
+    if not docs:
+        raise DataError(f"'{path}' holds no records.")
+    return docs
+
+
+def _read_datasets(src: TextSource) -> list[str]:
+    from .errors import require
+
+    datasets = require("datasets", purpose=f"the dataset '{src.source}'")
+    name, _, config = src.source.partition(":")
+    try:
+        ds = datasets.load_dataset(name, config or None, split=src.split)
+    except Exception as exc:  # network, unknown name, unknown split: all user-fixable
+        raise DataError(
+            f"cannot load dataset '{src.source}' split '{src.split}': {exc}. Offline, use a "
+            f"built-in text ({', '.join(BUILTIN_TEXTS)}) or a local .txt/.jsonl file."
+        ) from exc
+    if src.text_field not in ds.column_names:
+        raise DataError(
+            f"dataset '{src.source}' has no column '{src.text_field}' "
+            f"(columns: {', '.join(ds.column_names)}); set text_field."
+        )
+    return [t for t in ds[src.text_field] if t and t.strip()]
+
+
+def tokenize_source(tokenizer, src: TextSource) -> torch.Tensor:
+    """All documents of a source as one 1-D tensor of token ids (documents joined by a blank line)."""
+    docs = load_texts(src)
+    ids = tokenizer("\n\n".join(docs), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    return ids
+
+
+def _split_for(calib: TextSource, evaluation: TextSource | None, ids: torch.Tensor, side: str):
+    """Keep the calibration head / evaluation tail of a source both sides share."""
+    if evaluation is None or calib.key() != evaluation.key():
+        return ids
+    cut = int(len(ids) * (1 - HOLDOUT))
+    return ids[:cut] if side == "calibration" else ids[cut:]
+
+
+def calibration_batches(
+    tokenizer, cfg: CalibrationConfig, evaluation: EvaluationConfig | None = None
+) -> torch.Tensor:
+    """``[num_samples, seq_len]`` token windows drawn at random with ``cfg.seed``.
+
+    Raises:
+        DataError: when the text holds fewer than ``seq_len + 1`` tokens.
+    """
+    ids = _split_for(cfg, evaluation, tokenize_source(tokenizer, cfg), "calibration")
+    if len(ids) <= cfg.seq_len:
+        raise DataError(
+            f"calibration text '{cfg.source}' has {len(ids)} tokens, fewer than seq_len="
+            f"{cfg.seq_len}: give more text or lower seq_len."
+        )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    starts = torch.randint(0, len(ids) - cfg.seq_len, (cfg.num_samples,), generator=gen)
+    return torch.stack([ids[s : s + cfg.seq_len] for s in starts.tolist()])
+
+
+def evaluation_windows(
+    tokenizer, cfg: EvaluationConfig, calibration: CalibrationConfig | None = None
+) -> torch.Tensor:
+    """``[n_windows, seq_len]``: the first ``max_tokens`` tokens of the evaluation text.
+
+    Raises:
+        DataError: when the text holds fewer than one window.
+    """
+    ids = tokenize_source(tokenizer, cfg)
+    if calibration is not None and calibration.key() == cfg.key():
+        ids = _split_for(calibration, cfg, ids, "evaluation")
+    n = min(cfg.max_tokens, len(ids)) // cfg.seq_len
+    if n == 0:
+        raise DataError(
+            f"evaluation text '{cfg.source}' has {len(ids)} tokens, fewer than one window of "
+            f"seq_len={cfg.seq_len}: give more text or lower seq_len."
+        )
+    return ids[: n * cfg.seq_len].view(n, cfg.seq_len)

@@ -1,0 +1,190 @@
+"""The only code that writes a model directory.
+
+Everything is written into a temporary sibling directory that is renamed into place at
+the end, so a failure or Ctrl-C never leaves a half-written output, and an existing
+directory is replaced only when ``overwrite`` is set (and only after the new one is
+complete). Weights are safetensors; methods that change the on-disk format
+(quantization packing, sparse formats) plug in a *serializer* instead of writing files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import OutputExistsError
+
+logger = logging.getLogger(__name__)
+
+RECIPE_FILE = "llmcompress_recipe.yaml"
+REPORT_FILE = "llmcompress_report.json"
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail early when the output exists and may not be replaced."""
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output directory '{path}' already exists. Choose another --output, or pass "
+            f"--overwrite to replace it (the old one is removed only after the new one is complete)."
+        )
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output path '{path}' exists and is not a directory.")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False):
+    """Yield a temporary directory that becomes ``path`` only if the block succeeds."""
+    path = check_output_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:  # includes KeyboardInterrupt: never leave a partial output
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class Serialized:
+    """What a serializer makes of a model: tensors to write and config entries to add."""
+
+    tensors: dict[str, torch.Tensor]
+    config_updates: dict[str, Any] = field(default_factory=dict)
+
+
+# A serializer returns None when the model holds nothing it handles.
+Serializer = Callable[[nn.Module, dict], "Serialized | None"]
+_SERIALIZERS: dict[str, Serializer] = {}
+
+
+def register_serializer(name: str):
+    """Decorator: register a function ``(model, options) -> Serialized | None``."""
+
+    def deco(fn: Serializer) -> Serializer:
+        _SERIALIZERS[name] = fn
+        return fn
+
+    return deco
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tied duplicates removed (what ``save_pretrained`` writes)."""
+    out, seen = {}, {}
+    for key, tensor in model.state_dict().items():
+        ptr = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else None
+        if ptr is not None and ptr in seen:
+            continue
+        if ptr is not None:
+            seen[ptr] = key
+        out[key] = tensor
+    return out
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], folder: Path, max_shard: str = "5GB") -> None:
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard)
+    for filename, keys in split.filename_to_tensors.items():
+        save_file({k: tensors[k] for k in keys}, folder / filename, metadata={"format": "pt"})
+        os.chmod(folder / filename, 0o644)
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                 "weight_map": split.tensor_to_filename}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def save(
+    model: nn.Module,
+    tokenizer,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    recipe_yaml: str | None = None,
+    model_card: str | None = None,
+    report: dict | None = None,
+    options: dict | None = None,
+    finalize: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a model directory atomically.
+
+    Args:
+        model: the (compressed) model.
+        tokenizer: saved beside it.
+        output_dir: target directory.
+        overwrite: replace an existing directory.
+        recipe_yaml: the recipe used, saved as ``llmcompress_recipe.yaml``.
+        model_card: ``README.md`` text.
+        report: evaluation report, saved as ``llmcompress_report.json``.
+        options: serializer options (e.g. ``{"format": "compressed-tensors"}``).
+        finalize: called with the temporary directory once everything is written and
+            before it is renamed into place (reports, reload checks); if it raises,
+            nothing is kept.
+
+    Returns:
+        The output path.
+    """
+    options = options or {}
+    serialized = [s for s in (fn(model, options) for fn in _SERIALIZERS.values()) if s is not None]
+    with atomic_directory(output_dir, overwrite) as tmp:
+        if not serialized:
+            model.save_pretrained(tmp)
+        else:
+            tensors = plain_state_dict(model)
+            for s in serialized:
+                for key in [k for k, v in s.tensors.items() if v is None]:
+                    tensors.pop(key, None)
+                tensors.update({k: v for k, v in s.tensors.items() if v is not None})
+            _write_safetensors(tensors, tmp)
+            config = model.config
+            for s in serialized:
+                for key, value in s.config_updates.items():
+                    setattr(config, key, value)
+            try:
+                config.save_pretrained(tmp)
+            finally:
+                for s in serialized:
+                    for key in s.config_updates:
+                        if hasattr(config, key):
+                            delattr(config, key)
+            gen = getattr(model, "generation_config", None)
+            if gen is not None:
+                gen.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if recipe_yaml is not None:
+            (tmp / RECIPE_FILE).write_text(recipe_yaml)
+        if report is not None:
+            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+        if model_card is not None:
+            (tmp / "README.md").write_text(model_card)
+        if finalize is not None:
+            finalize(tmp)
+    logger.info("wrote %s", output_dir)
+    return Path(output_dir)
+
+
+def directory_size(path: str | os.PathLike, suffixes=(".safetensors", ".bin")) -> int:
+    """Bytes of weight files in a model directory."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.suffix in suffixes)

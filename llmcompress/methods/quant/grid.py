@@ -1,0 +1,134 @@
+"""Integer quantization grids: scales, zero points, quantize / dequantize. Pure tensor code.
+
+Conventions follow compressed-tensors (what vLLM and transformers load): integers are
+signed, ``q in [-2^(b-1), 2^(b-1) - 1]``; symmetric scales are ``absmax / ((qmax - qmin) / 2)``
+with no zero point; asymmetric grids keep a signed integer zero point ``z`` and
+dequantize as ``(q - z) * scale``. Groups run along the input dimension (columns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class QuantArgs:
+    """How one weight is quantized.
+
+    Attributes:
+        bits: integer width, 2..8.
+        group_size: columns sharing one scale; -1 for one scale per output channel.
+        sym: symmetric grid (no zero point).
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = True
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1))
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    def group_of(self, cols: int) -> int:
+        """Columns per group for a weight with ``cols`` input features."""
+        return cols if self.group_size == -1 else self.group_size
+
+    def fits(self, cols: int) -> bool:
+        return self.group_size == -1 or cols % self.group_size == 0
+
+
+def qparams(w: torch.Tensor, args: QuantArgs, shrink: float | torch.Tensor = 1.0):
+    """Scale and zero point for each row of ``w`` (``[..., cols]``: one group per row).
+
+    Args:
+        w: the weights of the group(s), groups along the last dimension.
+        args: grid.
+        shrink: clip the range to ``shrink`` times min/max (MSE clipping search).
+
+    Returns:
+        ``(scale, zero)`` with shape ``[..., 1]``; ``zero`` is None for symmetric grids.
+    """
+    w = w.float()
+    if args.sym:
+        absmax = w.abs().amax(dim=-1, keepdim=True) * shrink
+        scale = absmax / ((args.qmax - args.qmin) / 2)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return scale, None
+    lo = w.amin(dim=-1, keepdim=True).clamp(max=0) * shrink
+    hi = w.amax(dim=-1, keepdim=True).clamp(min=0) * shrink
+    scale = (hi - lo) / (args.qmax - args.qmin)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero = torch.round(args.qmin - lo / scale).clamp(args.qmin, args.qmax)
+    return scale, zero
+
+
+def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, args: QuantArgs) -> torch.Tensor:
+    """Integers (as float) on the grid; shapes broadcast."""
+    q = torch.round(w.float() / scale)
+    if zero is not None:
+        q = q + zero
+    return q.clamp(args.qmin, args.qmax)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, dtype=None) -> torch.Tensor:
+    """``(q - zero) * scale``, computed in ``dtype`` (default: scale's), like compressed-tensors."""
+    dtype = dtype or scale.dtype
+    q = q.to(dtype)
+    if zero is not None:
+        q = q - zero.to(dtype)
+    return q * scale.to(dtype)
+
+
+def mse_shrink(w: torch.Tensor, args: QuantArgs, grid: int = 20, max_shrink: float = 0.2, norm: float = 2.4):
+    """Per-row clipping factor that minimises ``sum |w - dq(q(w))|^norm`` (GPTQ/llm-compressor's
+    MSE observer): tries ``1, 1 - max_shrink/grid, ..., 1 - max_shrink`` and keeps the best."""
+    w = w.float()
+    best_err = torch.full(w.shape[:-1] + (1,), float("inf"), device=w.device)
+    best = torch.ones_like(best_err)
+    for i in range(grid + 1):
+        p = 1 - max_shrink * i / grid
+        scale, zero = qparams(w, args, p)
+        err = (dequantize(quantize(w, scale, zero, args), scale, zero, torch.float32) - w).abs_().pow_(norm)
+        err = err.sum(dim=-1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, torch.full_like(best, p), best)
+    return best
+
+
+def group_qparams(w: torch.Tensor, args: QuantArgs, observer: str = "minmax"):
+    """Scales / zeros for a whole ``[rows, cols]`` weight: shapes ``[rows, n_groups]``."""
+    rows, cols = w.shape
+    g = args.group_of(cols)
+    wg = w.float().reshape(rows, cols // g, g)
+    shrink = mse_shrink(wg, args) if observer == "mse" else 1.0
+    scale, zero = qparams(wg, args, shrink)
+    return scale.squeeze(-1), (zero.squeeze(-1) if zero is not None else None)
+
+
+def expand_groups(t: torch.Tensor, g: int) -> torch.Tensor:
+    """``[rows, n_groups]`` -> ``[rows, n_groups * g]`` (each group's value repeated)."""
+    return t.repeat_interleave(g, dim=1)
+
+
+def fake_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, args: QuantArgs,
+                  dtype=None) -> torch.Tensor:
+    """Quantize then dequantize a whole weight with group parameters ``[rows, n_groups]``."""
+    g = args.group_of(w.shape[1])
+    s = expand_groups(scale, g)
+    z = expand_groups(zero, g) if zero is not None else None
+    return dequantize(quantize(w, s, z, args), s, z, dtype)
+
+
+def integers(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, args: QuantArgs) -> torch.Tensor:
+    """The int8 codes of an already quantized (dequantized-in-place) weight."""
+    g = args.group_of(w.shape[1])
+    s = expand_groups(scale.float(), g)
+    z = expand_groups(zero, g) if zero is not None else None
+    return quantize(w, s, z, args).to(torch.int8)

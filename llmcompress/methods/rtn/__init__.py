@@ -1,0 +1,3 @@
+from .apply import RTNConfig, apply_rtn
+
+__all__ = ["RTNConfig", "apply_rtn"]

@@ -1,0 +1,65 @@
+"""Prove that a written model loads with plain ``from_pretrained`` and gives the same logits.
+
+The check runs in a fresh Python process that never imports llmcompress (the script is
+``_reload_check.py``, passed with ``python -c`` so the package folder is not on its path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import LLMCompressError
+from .modeling import model_device
+
+logger = logging.getLogger(__name__)
+SCRIPT = Path(__file__).with_name("_reload_check.py")
+
+
+class VerificationError(LLMCompressError):
+    """The saved model does not reproduce the in-memory model."""
+
+
+def reference_ids(vocab_size: int, seq_len: int = 64, seed: int = 1234) -> torch.Tensor:
+    return torch.randint(0, vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(seed))
+
+
+def reload_logits(model_dir: str | Path, ids: torch.Tensor, env: dict | None = None) -> torch.Tensor:
+    """Logits of ``model_dir`` loaded by plain transformers in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ids_path, out_path = Path(tmp, "ids.pt"), Path(tmp, "logits.pt")
+        torch.save(ids, ids_path)
+        full_env = {**os.environ, **(env or {}), "PYTHONPATH": ""}
+        proc = subprocess.run(
+            [sys.executable, "-c", SCRIPT.read_text(), str(model_dir), str(ids_path), str(out_path)],
+            capture_output=True, text=True, env=full_env, cwd=tmp)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
+            raise VerificationError(f"the saved model in '{model_dir}' does not load with plain from_pretrained:\n{tail}")
+        return torch.load(out_path)
+
+
+@torch.no_grad()
+def check_reload(model, model_dir: str | Path, atol: float = 1e-4) -> float:
+    """Compare in-memory logits with a fresh-process reload; returns the max abs difference.
+
+    Raises:
+        VerificationError: when the difference exceeds ``atol`` times the logits' scale.
+    """
+    ids = reference_ids(model.config.vocab_size)
+    ref = model(ids.to(model_device(model))).logits.float().cpu()
+    got = reload_logits(model_dir, ids)
+    diff = (ref - got).abs().max().item()
+    bound = atol * max(1.0, ref.abs().max().item())
+    if not diff <= bound:
+        raise VerificationError(
+            f"the saved model in '{model_dir}' gives different logits from the in-memory model "
+            f"(max abs difference {diff:.3g} > {bound:.3g}); the output was not kept")
+    logger.info("reload check: max |logit difference| = %.3g", diff)
+    return diff

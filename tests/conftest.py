@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random-weight models built from configs (widths divisible by 128)
+with a real BPE tokenizer trained on the built-in text, saved as local model directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from llmcompress.data import BUILTIN_DIR  # noqa: E402
+
+VOCAB = 512
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = (BUILTIN_DIR / "wiki_calib.txt").read_text()[:200_000]
+    tok.train_from_iterator([text], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+def make_model(model_type: str = "llama", layers: int = 2, seed: int = 0, tie: bool = True):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(
+        model_type, vocab_size=VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer Llama (hidden 256, MLP 768) with the tiny tokenizer, saved to disk."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_model().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory, tokenizer) -> Path:
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    make_model("qwen2", tie=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def tiny_model():
+    return make_model()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Converted aliases are shared across tests (conversion is slow), but never with the user's cache
+    # unless LLMCOMPRESS_CACHE is set by the caller (CI sets it to reuse the converted SmolLM2).
+    if "LLMCOMPRESS_TEST_CACHE" in os.environ:
+        monkeypatch.setenv("LLMCOMPRESS_CACHE", os.environ["LLMCOMPRESS_TEST_CACHE"])

@@ -1,0 +1,28 @@
+"""The real SmolLM2-135M: RTN int4, save, reload in a process that never imports llmcompress."""
+
+import pytest
+import torch
+
+from llmcompress import EvaluationConfig, Recipe, compress
+from llmcompress.methods.rtn import RTNConfig
+from llmcompress.verify import reference_ids, reload_logits
+
+pytestmark = pytest.mark.integration
+
+
+def test_rtn_int4_smollm2_end_to_end(smollm2, tmp_path):
+    recipe = Recipe(stages=[RTNConfig(bits=4, group_size=64, observer="mse")], name="it-rtn")
+    ev = EvaluationConfig(max_tokens=2048, seq_len=512, latency=False)
+    out = tmp_path / "smollm2-rtn"
+    res = compress(smollm2.spec, recipe, out, evaluation=ev, verify=False)
+    before, after = res.before.perplexity, res.after.perplexity
+    assert res.before.eval_tokens == 4 * 511
+    # measured: 16.93 -> 24.0 on these 2048 tokens; FACTS: RTN int4 g64 (minmax) 25.5
+    assert 15.5 < before < 18.5
+    assert before < after < 1.6 * before
+    ids = reference_ids(res.model.config.vocab_size)
+    with torch.no_grad():
+        ref = res.model(ids).logits
+    got = reload_logits(out, ids)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert res.after.size_on_disk_mb < 0.4 * res.before.size_on_disk_mb

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from llmcompress.methods.quant.grid import (QuantArgs, dequantize, expand_groups, fake_quantize, group_qparams,
+                                            integers, mse_shrink, qparams, quantize)
+
+
+@pytest.mark.parametrize("bits, sym", [(4, True), (4, False), (8, True), (3, False)])
+def test_values_lie_on_grid(bits, sym):
+    torch.manual_seed(0)
+    args = QuantArgs(bits=bits, group_size=32, sym=sym)
+    w = torch.randn(16, 128)
+    scale, zero = group_qparams(w, args)
+    assert scale.shape == (16, 4)
+    dq = fake_quantize(w, scale, zero, args)
+    q = integers(dq, scale, zero, args).float()
+    assert q.min() >= args.qmin and q.max() <= args.qmax
+    s = expand_groups(scale, 32)
+    z = expand_groups(zero, 32) if zero is not None else 0
+    torch.testing.assert_close(dq, (q - z) * s, rtol=0, atol=0)
+    # error of round-to-nearest is at most half a step inside the clipping range
+    assert ((dq - w).abs() <= s / 2 + 1e-6).float().mean() > 0.99
+
+
+def test_symmetric_grid_matches_compressed_tensors():
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 64)
+    args = QuantArgs(4, 64, True)
+    scale, _ = qparams(w, args)
+    ct_scale, _ = calculate_qparams(w.amin(1, keepdim=True), w.amax(1, keepdim=True),
+                                    QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="channel"))
+    torch.testing.assert_close(scale, ct_scale)
+
+
+def test_pack_unpack_inverse():
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
+
+    for bits in (4, 8):
+        args = QuantArgs(bits, 64, True)
+        q = torch.randint(args.qmin, args.qmax + 1, (32, 256), dtype=torch.int8)
+        packed = pack_to_int32(q, bits)
+        assert packed.dtype == torch.int32 and packed.shape == (32, 256 * bits // 32)
+        assert torch.equal(unpack_from_int32(packed, bits, q.shape), q)
+
+
+def test_mse_observer_not_worse_than_minmax():
+    torch.manual_seed(0)
+    w = torch.randn(64, 256) * torch.linspace(0.1, 3, 256)
+    w[0, 0] = 40  # an outlier that minmax must cover
+    args = QuantArgs(4, 64, True)
+    err = {}
+    for obs in ("minmax", "mse"):
+        s, z = group_qparams(w, args, obs)
+        err[obs] = (fake_quantize(w, s, z, args) - w).pow(2).sum()
+    assert err["mse"] < err["minmax"]
+    shrink = mse_shrink(w.reshape(64, 4, 64), args)
+    assert ((shrink <= 1) & (shrink >= 0.8 - 1e-6)).all()
+
+
+def test_zero_rows_quantize_to_zero():
+    args = QuantArgs(4, 32, False)
+    w = torch.zeros(4, 64)
+    s, z = group_qparams(w, args)
+    assert torch.equal(fake_quantize(w, s, z, args), w)
+
+
+def test_dequantize_in_bf16_matches_weight_dtype():
+    torch.manual_seed(0)
+    args = QuantArgs(4, 64, True)
+    w = torch.randn(8, 128, dtype=torch.bfloat16)
+    s, z = group_qparams(w, args)
+    s = s.to(torch.bfloat16)
+    dq = fake_quantize(w, s, z, args, dtype=torch.bfloat16)
+    q = integers(dq, s, z, args)
+    assert torch.equal(dequantize(q, expand_groups(s, 64), None), dq)
+    assert quantize(w, expand_groups(s.float(), 64), None, args).abs().max() <= 8
