@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -122,7 +123,10 @@ def compress(
         if device.type != "cpu" and not load_kwargs:
             model.to(device)
 
-    ctx = Context(tokenizer=tokenizer, device=device)
+    from .methods.quant.gptq_format import FORMAT as GPTQ_FORMAT, SCALE_DTYPE as GPTQ_SCALE_DTYPE
+
+    ctx = Context(tokenizer=tokenizer, device=device,
+                  scale_dtype=GPTQ_SCALE_DTYPE if recipe.output.format == GPTQ_FORMAT else None)
     if needs_calib:
         cache: dict = {}
 
@@ -163,7 +167,14 @@ def compress(
                              extra={"recipe": recipe.to_dict(), "notes": ctx.notes, "source": source.spec})
             (tmp / "README.md").write_text(model_card(recipe, source, cols, fmt))
             if verify:
-                result.reload_max_abs_diff = check_reload(model, tmp)
+                if fmt == GPTQ_FORMAT and importlib.util.find_spec("gptqmodel") is None:
+                    # transformers needs optimum + gptqmodel to load v1 checkpoints; without
+                    # them, check the packed tensors against the in-memory weights instead.
+                    from .methods.quant.gptq_format import verify_dir
+
+                    result.reload_max_abs_diff = verify_dir(model, tmp)
+                else:
+                    result.reload_max_abs_diff = check_reload(model, tmp)
 
         from .verify import check_reload
 

@@ -18,12 +18,16 @@ class Context:
         calibration: callable returning ``[num_samples, seq_len]`` token ids (loaded once,
             lazily, so methods without calibration never read text).
         notes: per-stage facts for the report (skipped layers, timings, losses).
+        scale_dtype: dtype quantization scales are stored in (set from the output format).
     """
 
     tokenizer: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     calibration: Callable[[], torch.Tensor] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    # Quantization scales are rounded to this dtype (the output format's), so that the
+    # in-memory model equals what a loader rebuilds; None: the weight's dtype.
+    scale_dtype: torch.dtype | None = None
 
     def calibration_ids(self) -> torch.Tensor:
         from .errors import DataError

@@ -11,6 +11,8 @@ Sources (the ``source`` key):
 
 * ``wiki_calib`` / ``wiki_eval``: real Wikipedia text shipped with the package
   (CC BY-SA, see ``llmcompress/data/README.md``); the two are disjoint articles;
+* ``python_docs``: English technical prose of a different domain, the Python language
+  reference topics that ship with every CPython (``pydoc_data.topics``, PSF licence);
 * a path to a ``.txt`` file (paragraphs), or ``.jsonl`` / ``.json`` (one record a line,
   the ``text_field`` column);
 * a Hugging Face dataset name, ``NAME`` or ``NAME:CONFIG`` (e.g.
@@ -92,16 +94,30 @@ class EvaluationConfig(TextSource):
         check_range("decode_tokens", self.decode_tokens, 1)
 
 
+def _python_docs() -> list[str]:
+    import pydoc_data.topics
+
+    return [t.strip() for t in pydoc_data.topics.topics.values() if t.strip()]
+
+
+# Built-in sources made from installed packages rather than shipped files.
+GENERATED_TEXTS = {"python_docs": _python_docs}
+
+
+def builtin_names() -> list[str]:
+    return [*BUILTIN_TEXTS, *GENERATED_TEXTS]
+
+
 def check_source(src: TextSource) -> None:
     """Fail early (before any model is loaded) when a local source cannot be read."""
-    if src.source in BUILTIN_TEXTS:
+    if src.source in BUILTIN_TEXTS or src.source in GENERATED_TEXTS:
         return
     path = Path(src.source).expanduser()
     if _looks_like_path(src.source):
         if not path.is_file():
             raise DataError(
                 f"text file '{src.source}' does not exist. Give an existing .txt/.jsonl file, "
-                f"a built-in text ({', '.join(BUILTIN_TEXTS)}) or a datasets name."
+                f"a built-in text ({', '.join(builtin_names())}) or a datasets name."
             )
         try:
             with open(path, "rb") as fh:
@@ -123,6 +139,8 @@ def load_texts(src: TextSource) -> list[str]:
     check_source(src)
     if src.source in BUILTIN_TEXTS:
         return _read_txt(BUILTIN_DIR / BUILTIN_TEXTS[src.source])
+    if src.source in GENERATED_TEXTS:
+        return GENERATED_TEXTS[src.source]()
     if _looks_like_path(src.source):
         path = Path(src.source).expanduser()
         if path.suffix in (".jsonl", ".json"):
@@ -173,7 +191,7 @@ def _read_datasets(src: TextSource) -> list[str]:
     except Exception as exc:  # network, unknown name, unknown split: all user-fixable
         raise DataError(
             f"cannot load dataset '{src.source}' split '{src.split}': {exc}. Offline, use a "
-            f"built-in text ({', '.join(BUILTIN_TEXTS)}) or a local .txt/.jsonl file."
+            f"built-in text ({', '.join(builtin_names())}) or a local .txt/.jsonl file."
         ) from exc
     if src.text_field not in ds.column_names:
         raise DataError(

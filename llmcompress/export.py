@@ -32,7 +32,7 @@ REPORT_FILE = "llmcompress_report.json"
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     """Fail early when the output exists and may not be replaced."""
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().absolute()
     if path.exists() and not overwrite:
         raise OutputExistsError(
             f"output directory '{path}' already exists. Choose another --output, or pass "

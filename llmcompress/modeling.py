@@ -30,6 +30,10 @@ SEQUENTIAL_GROUPS = (
     ("mlp.down_proj",),
 )
 
+# Once this Linear is final, the submodule holding it computes a final output: the
+# calibration engine may replay that output instead of recomputing it (attention).
+FINAL_AFTER = {"self_attn.o_proj": "self_attn"}
+
 DEFAULT_IGNORE = ("lm_head",)
 
 
@@ -115,6 +119,12 @@ def sequential_groups(layer: nn.Module) -> list[list[tuple[str, nn.Linear]]]:
     if rest:
         groups.append(rest)
     return groups
+
+
+def finished_submodule(layer: nn.Module, linear_name: str) -> nn.Module | None:
+    """The submodule of ``layer`` whose output is final once ``linear_name`` is (or None)."""
+    sub = FINAL_AFTER.get(linear_name)
+    return layer.get_submodule(sub) if sub else None
 
 
 def count_parameters(model: nn.Module) -> int:

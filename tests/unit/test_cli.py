@@ -59,3 +59,13 @@ def test_unreadable_data_file_fails_before_loading(tiny_model_dir, tmp_path, cap
     assert main(["run", str(recipe), "--model", str(tiny_model_dir), "--output", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_relative_output_path(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    # the fresh-process reload check runs elsewhere: relative outputs must still resolve
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\nstages:\n  - method: rtn\n    group_size: 64\n")
+    assert main(["run", str(recipe), "--model", str(tiny_model_dir), "--output", "outputs/rel", "--no-eval"]) == 0
+    assert (tmp_path / "outputs" / "rel" / "config.json").exists()
+    assert "max |logit diff| = 0" in capsys.readouterr().out

@@ -76,3 +76,11 @@ def test_shared_source_never_overlaps(tokenizer, tmp_path):
     head = ids[:cut]
     assert all(any(torch.equal(row, head[s:s + 16]) for s in range(len(head) - 15)) for row in c[:4])
     assert torch.equal(e.flatten(), ids[cut:cut + e.numel()])
+
+
+def test_python_docs_builtin(tokenizer):
+    from llmcompress.data import EvaluationConfig, evaluation_windows
+
+    docs = load_texts(TextSource(source="python_docs"))
+    assert len(docs) > 50 and any("assert" in d for d in docs)
+    assert evaluation_windows(tokenizer, EvaluationConfig(source="python_docs", max_tokens=512, seq_len=128)).shape == (4, 128)

@@ -77,12 +77,17 @@ def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, ar
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, dtype=None) -> torch.Tensor:
-    """``(q - zero) * scale``, computed in ``dtype`` (default: scale's), like compressed-tensors."""
+    """``(q - zero) * scale`` rounded once to ``dtype`` (default: scale's).
+
+    The product of a code (at most 8 bits) and a float16/bfloat16/float32 scale is exact in
+    float32, so this equals compressed-tensors' product in the scale dtype whenever the
+    scale is stored in the weight dtype, and stays one rounding when it is not.
+    """
     dtype = dtype or scale.dtype
-    q = q.to(dtype)
+    q = q.float()
     if zero is not None:
-        q = q - zero.to(dtype)
-    return q * scale.to(dtype)
+        q = q - zero.float()
+    return (q * scale.float()).to(dtype)
 
 
 def mse_shrink(w: torch.Tensor, args: QuantArgs, grid: int = 20, max_shrink: float = 0.2, norm: float = 2.4):

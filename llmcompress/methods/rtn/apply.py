@@ -42,7 +42,8 @@ def apply_rtn(model, cfg: RTNConfig, ctx: Context | None = None):
         mod = modules[name]
         w = mod.weight.data
         scale, zero = group_qparams(w, args, cfg.observer)
-        scale = scale.to(w.dtype)  # the stored scale is what dequantization uses
+        # The stored scale (in the output format's dtype) is what dequantization uses.
+        scale = scale.to(ctx.scale_dtype if ctx is not None and ctx.scale_dtype else w.dtype)
         mod.weight.data = fake_quantize(w, scale, zero, args, dtype=w.dtype)
         set_record(mod, QuantRecord(args, scale, zero, "rtn"))
     if ctx is not None:

@@ -1,0 +1,218 @@
+"""One calibration engine for every calibrated method (GPTQ, Wanda, SparseGPT).
+
+Layer-sequential calibration, as in GPTQ's reference code: the inputs of the first
+decoder layer are captured once (embedding only, the layers never run), then each
+decoder layer in turn is moved to the work device, observed and modified by the method,
+and run on the stored hidden states to produce the next layer's inputs, so that every
+layer is calibrated on inputs that already carry the error of the layers before it.
+Only one decoder layer sits on the accelerator at a time; the others stay where they
+were loaded (CPU), so a model far larger than the GPU can be calibrated.
+
+Inside a layer, ``LayerRunner.observe(modules)`` runs the stored samples through the
+layer only as far as needed: it stops each forward as soon as every observed module has
+seen its input. Observing q/k/v stops after the input norm; observing down_proj needs the
+whole layer but no extra pass for the output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .modeling import decoder_layer_prefix, decoder_layers
+
+logger = logging.getLogger(__name__)
+
+
+class _Stop(Exception):
+    """Raised inside a forward to skip the rest of it."""
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _to(obj, device, dtype=None):
+    """Move tensors in nested containers; floating tensors also cast to ``dtype`` if given."""
+    if isinstance(obj, torch.Tensor):
+        if dtype is not None and obj.is_floating_point():
+            return obj.to(device, dtype)
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, input_ids: torch.Tensor, device: torch.device, batch_size: int = 8):
+    """Hidden states entering decoder layer 0 (``[N, T, H]`` on ``device``) and its keyword arguments.
+
+    The embedding and rotary modules are moved to ``device`` for the capture and back afterwards.
+    """
+    layers = decoder_layers(model)
+    inner = model.model
+    others = [m for n, m in inner.named_children() if m is not layers]
+    homes = [next(iter(m.parameters()), torch.empty(0)).device for m in others]
+    for m in others:
+        m.to(device)
+    store: dict = {"hidden": [], "kwargs": None}
+
+    def grab(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        store["hidden"].append(hidden)
+        if store["kwargs"] is None:
+            kw = {k: v for k, v in kwargs.items() if k not in ("hidden_states",)}
+            kw["use_cache"] = False
+            kw.pop("cache", None)
+            kw.pop("past_key_values", None)
+            kw.pop("past_key_value", None)
+            store["kwargs"] = kw
+        raise _Stop
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for i in range(0, len(input_ids), batch_size):
+            with contextlib.suppress(_Stop):
+                model(input_ids[i : i + batch_size].to(device), use_cache=False)
+    finally:
+        handle.remove()
+        for m, home in zip(others, homes):
+            m.to(home)
+    return torch.cat(store["hidden"]), store["kwargs"]
+
+
+class LayerRunner:
+    """Runs stored samples through one decoder layer, in mini-batches."""
+
+    def __init__(self, layer: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size: int):
+        self.layer, self.hidden, self.kwargs, self.batch_size = layer, hidden, kwargs, batch_size
+        self._batch = 0
+        self._frozen: dict[nn.Module, dict[int, object]] = {}
+
+    def _batches(self):
+        for b, i in enumerate(range(0, len(self.hidden), self.batch_size)):
+            self._batch = b
+            yield i
+
+    def freeze(self, module: nn.Module) -> None:
+        """Replay ``module``'s outputs from now on: computed once per batch, then reused.
+
+        For a submodule whose weights are final (attention, once q/k/v/o are quantized), so
+        that later passes over this layer skip it. Its inputs must not change before
+        :meth:`release`, which the engine calls after propagating the layer.
+        """
+        if module in self._frozen:
+            return
+        cache: dict[int, object] = {}
+        self._frozen[module] = cache
+        original = module.forward
+
+        def replay(*args, **kwargs):
+            if self._batch not in cache:
+                cache[self._batch] = original(*args, **kwargs)
+            return cache[self._batch]
+
+        module.forward = replay
+
+    def release(self) -> None:
+        for module in self._frozen:
+            del module.forward  # drop the instance attribute: the class method is back
+        self._frozen.clear()
+
+    @property
+    def num_tokens(self) -> int:
+        return self.hidden.shape[0] * self.hidden.shape[1]
+
+    @torch.no_grad()
+    def observe(self, modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None]) -> None:
+        """Call ``fn(name, input)`` for every module and batch; stop each forward once all have fired."""
+        fired: set[str] = set()
+        target = len(modules)
+
+        def make_hook(name):
+            def hook(module, args):
+                fn(name, args[0])
+                fired.add(name)
+                if len(fired) == target:
+                    raise _Stop
+
+            return hook
+
+        handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in modules.items()]
+        try:
+            for i in self._batches():
+                fired.clear()
+                with contextlib.suppress(_Stop):
+                    self.layer(self.hidden[i : i + self.batch_size], **self.kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+
+    @torch.no_grad()
+    def propagate(self) -> None:
+        """Replace the stored hidden states by this layer's outputs (in place, batch by batch)."""
+        for i in self._batches():
+            self.hidden[i : i + self.batch_size] = _first(self.layer(self.hidden[i : i + self.batch_size], **self.kwargs))
+
+
+def run_layerwise(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    process_layer: Callable[[int, str, nn.Module, LayerRunner], None],
+    device: torch.device | str,
+    batch_size: int = 8,
+    desc: str = "calibrating",
+    dtype: torch.dtype | None = None,
+) -> list[float]:
+    """Calibrate ``model`` layer by layer; returns the seconds spent on each layer.
+
+    Args:
+        model: a supported causal LM (anywhere; layers are moved to ``device`` one at a time).
+        input_ids: ``[num_samples, seq_len]`` calibration tokens.
+        process_layer: ``(index, name_prefix, layer, runner)``; observes with ``runner.observe``
+            and modifies the layer's weights in place. The engine then propagates; if
+            ``process_layer`` returns a callable, it is called after the propagation.
+        device: where each layer runs.
+        batch_size: samples per forward.
+        desc: progress-bar label.
+        dtype: dtype of the stored hidden states (default: the model's).
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    hidden, kwargs = capture_layer_inputs(model, input_ids, device, batch_size)
+    if dtype is not None:
+        hidden = hidden.to(dtype)
+    prefix = decoder_layer_prefix(model)
+    layers = decoder_layers(model)
+    seconds = []
+    for i, layer in enumerate(tqdm(layers, desc=desc, unit="layer")):
+        t0 = time.perf_counter()
+        home = next(layer.parameters()).device
+        layer.to(device)
+        runner = LayerRunner(layer, hidden, _to(kwargs, device, dtype), batch_size)
+        finish = process_layer(i, f"{prefix}.{i}", layer, runner)
+        runner.propagate()
+        runner.release()
+        if callable(finish):
+            finish()
+        layer.to(home)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+        seconds.append(time.perf_counter() - t0)
+    model.train(was_training)
+    return seconds
+
+
+def linear_children(layer: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+    mods = dict(layer.named_modules())
+    return {n: mods[n] for n in names}

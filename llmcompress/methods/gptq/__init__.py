@@ -1,0 +1,4 @@
+from .apply import apply_gptq
+from .config import GPTQConfig
+
+__all__ = ["GPTQConfig", "apply_gptq"]

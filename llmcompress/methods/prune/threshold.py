@@ -1,0 +1,117 @@
+"""Exact global magnitude threshold over many tensors, without concatenating them.
+
+Global unstructured pruning keeps the largest ``(1 - sparsity)`` fraction of ``|w|`` over
+all targeted layers, so it needs the k-th smallest magnitude of billions of values.
+Concatenating and sorting (or ``kthvalue``) needs a copy of every weight, and
+``torch.kthvalue`` refuses more than 2^31 elements on CUDA. Instead:
+
+1. sample ``m`` magnitudes uniformly (with a fixed seed) and take a bracket ``[lo, hi]``
+   around the sample quantile, wide enough (several binomial standard deviations) to hold
+   the true k-th value with overwhelming probability;
+2. one streaming pass per tensor counts values below ``lo`` and gathers the few values
+   inside the bracket;
+3. the exact k-th value is selected among the gathered ones. If the bracket missed (it
+   cannot in practice), it is widened and the pass repeated, so the answer is always exact.
+
+Ties are resolved by position (:func:`prune_masks`), so the sparsity is exact too.
+All work happens on the tensors' own device (CPU or GPU), chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+CHUNK = 1 << 26  # elements per streaming step: bounds temporary memory
+
+
+def _chunks(t: torch.Tensor):
+    flat = t.reshape(-1)
+    for i in range(0, flat.numel(), CHUNK):
+        yield flat[i : i + CHUNK]
+
+
+def _sample(tensors: Sequence[torch.Tensor], m: int, gen: torch.Generator) -> torch.Tensor:
+    sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.float64)
+    picks = torch.multinomial(sizes / sizes.sum(), m, replacement=True, generator=gen)
+    counts = torch.bincount(picks, minlength=len(tensors))
+    parts = []
+    for t, c in zip(tensors, counts.tolist()):
+        if c:
+            idx = torch.randint(0, t.numel(), (c,), generator=gen).to(t.device)
+            parts.append(t.reshape(-1)[idx].abs().float().cpu())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def global_kth_magnitude(tensors: Sequence[torch.Tensor], k: int, sample: int = 1 << 20, seed: int = 0) -> tuple[float, int]:
+    """The k-th smallest ``|w|`` (1-based) over all tensors, exactly, and how many values are below it.
+
+    Returns:
+        ``(threshold, n_below)``: ``n_below < k <= n_below + n_equal``.
+    """
+    total = sum(t.numel() for t in tensors)
+    if not 1 <= k <= total:
+        raise ValueError(f"k={k} outside [1, {total}]")
+    gen = torch.Generator().manual_seed(seed)
+    s = _sample(tensors, min(sample, total), gen).sort().values
+    m = s.numel()
+    q = k / total
+    half = 6 * math.sqrt(q * (1 - q) * m) + 2  # six binomial standard deviations of the rank
+    lo_i, hi_i = int(max(0, q * m - half)), int(min(m - 1, q * m + half))
+    lo, hi = s[lo_i].item(), s[hi_i].item()
+    if lo_i == 0:
+        lo = -1.0  # bracket open below
+    if hi_i == m - 1:
+        hi = math.inf
+    while True:
+        below_parts, inside = [], []
+        for t in tensors:
+            for c in _chunks(t):
+                a = c.abs()
+                if lo >= 0:
+                    below_parts.append((a < lo).sum())  # stays on device: no sync per chunk
+                inside.append(a[(a >= lo) & (a <= hi)].float())
+        below = int(sum(b.item() for b in below_parts)) if below_parts else 0
+        vals = torch.cat(inside)
+        if below < k <= below + vals.numel():
+            kth = torch.kthvalue(vals, k - below).values.item()  # the bracket is small: fine on any device
+            n_below = below + int((vals < kth).sum())
+            return kth, n_below
+        # The sample was unlucky: widen the bracket on the side that missed and redo the pass.
+        if k <= below:
+            lo = -1.0
+        else:
+            hi = math.inf
+
+
+@torch.no_grad()
+def prune_masks(tensors: Sequence[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
+    """Boolean keep-masks with exactly ``round(sparsity * total)`` values pruned globally by magnitude.
+
+    Values equal to the threshold are pruned in tensor order, then position order, until the
+    count is exact.
+    """
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    total = sum(t.numel() for t in tensors)
+    k = int(round(sparsity * total))
+    if k == 0:
+        return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
+    thr, n_below = global_kth_magnitude(tensors, k)
+    ties_to_prune = k - n_below
+    masks = []
+    for t in tensors:
+        a = t.abs().float()
+        keep = a > thr
+        eq = a == thr
+        n_eq = int(eq.sum())
+        if n_eq and ties_to_prune < n_eq:
+            # keep the ties after the first ``ties_to_prune`` of them
+            order = torch.cumsum(eq.reshape(-1).int(), 0).reshape(eq.shape)
+            keep |= eq & (order > ties_to_prune)
+        ties_to_prune = max(0, ties_to_prune - n_eq)
+        masks.append(keep)
+    return masks

@@ -1,0 +1,53 @@
+"""Helpers shared by the benchmark scripts: child processes, peak memory, BENCHMARKS.md sections."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+
+
+def run_child(cmd: list[str], env: dict | None = None, timeout: int | None = None) -> dict:
+    """Run a child that prints one JSON line last; returns it with the wall time added."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{proc.stderr[-3000:]}")
+    line = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")][-1]
+    return {**json.loads(line), "wall_s": wall}
+
+
+def machine() -> str:
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def write_section(name: str, markdown: str) -> None:
+    """Replace (or append) the section between ``<!-- bench:NAME -->`` markers in BENCHMARKS.md."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nEvery table is written by the script named in it.\n"
+    block = f"{start}\n{markdown.rstrip()}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    BENCHMARKS.write_text(text)
+
+
+def python_of(venv: str | Path) -> Path | None:
+    exe = Path(venv) / "bin" / "python"
+    return exe if exe.exists() else None
+
+
+def this_python() -> str:
+    return sys.executable

@@ -1,0 +1,120 @@
+"""GPTQ int4 side by side: original, RTN, llmcompress GPTQ, llm-compressor GPTQ, bitsandbytes nf4.
+
+One run, one table, written to BENCHMARKS.md (section ``gptq``). Each quantizer runs in its
+own child process (llm-compressor in its own virtual environment, see
+scripts/setup_anchor_venvs.sh) on the same calibration token windows; every output is then
+evaluated here on the same held-out windows of two texts: Wikipedia (``wiki_eval``, held out
+from the calibration articles) and the Python reference docs (``python_docs``, another domain).
+
+Usage: python scripts/bench_gptq.py [--models smollm2-135m qwen2.5-coder-0.5b] [--samples 128 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from _bench import ROOT, machine, python_of, run_child, this_python, write_section
+from llmcompress import models
+from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
+from llmcompress.evaluate import perplexity
+from llmcompress.export import directory_size
+
+GROUP = {"smollm2-135m": 64, "qwen2.5-coder-0.5b": 128, "qwen2.5-coder-1.5b": 128}
+TEXTS = ("wiki_eval", "python_docs")
+
+
+def evaluate_dir(path, windows, **load_kwargs) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs).eval()
+    out = {t: perplexity(model, w, desc=f"ppl {Path(str(path)).name} {t}")[0] for t, w in windows.items()}
+    del model
+    gc.collect()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    ap.add_argument("--samples", nargs="+", type=int, default=[128, 64], help="calibration windows per model")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
+    ap.add_argument("--work", default=None, help="folder for the quantized outputs (default: a temp dir)")
+    args = ap.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_gptq_"))
+    anchor = python_of(args.anchor_venv)
+    rows, raw = [], {}
+    for alias, n_samples in zip(args.models, args.samples + args.samples[-1:] * len(args.models)):
+        g = GROUP[alias]
+        model, tok, src = models.load(alias)  # converts the GGUF once
+        del model
+        gc.collect()
+        mdir = src.path
+        ids = calibration_batches(tok, CalibrationConfig(num_samples=n_samples, seq_len=args.seq_len, seed=0))
+        ids_path = work / f"{alias}-ids.pt"
+        torch.save(ids, ids_path)
+        windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=args.eval_tokens, seq_len=512))
+                   for t in TEXTS}
+        res = {"original": {"ppl": evaluate_dir(mdir, windows), "size_mb": directory_size(mdir) / 2**20}}
+        runs = [("RTN int4", [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py"), "rtn"]),
+                ("llmcompress GPTQ", [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py"), "gptq"])]
+        if anchor:
+            runs.append(("llm-compressor GPTQ", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_gptq.py")]))
+        else:
+            print(f"llm-compressor venv not found at {args.anchor_venv}: run scripts/setup_anchor_venvs.sh")
+        for label, cmd in runs:
+            out = work / f"{alias}-{label.replace(' ', '_')}"
+            shutil.rmtree(out, ignore_errors=True)
+            tail = [str(mdir), str(ids_path), str(g), str(out)]
+            print(f"[{alias}] {label} ...", flush=True)
+            info = run_child(cmd + tail)
+            info["ppl"] = evaluate_dir(out, windows)
+            info["size_mb"] = directory_size(out) / 2**20
+            res[label] = info
+        # bitsandbytes nf4: 4 bits too, no calibration (double quant, float32 compute like the others)
+        from transformers import BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.float32)
+        res["bnb nf4"] = {"ppl": evaluate_dir(mdir, windows, quantization_config=bnb, dtype=torch.float32)}
+        raw[alias] = {"samples": n_samples, "group_size": g, **res}
+        base = res["original"]["ppl"]
+        d_rtn = {t: res["RTN int4"]["ppl"][t] - base[t] for t in TEXTS}
+        for label, info in res.items():
+            cells = []
+            for t in TEXTS:
+                p = info["ppl"][t]
+                rel = "" if label == "original" else f" (+{p - base[t]:.2f}, {(p - base[t]) / d_rtn[t]:.2f} of RTN's)"
+                cells.append(f"{p:.2f}{rel}")
+            q = f"{info['quantize_s']:.0f}" if "quantize_s" in info else "-"
+            mem = f"{info['peak_rss_mb']:.0f}" if "peak_rss_mb" in info else "-"
+            size = f"{info['size_mb']:.0f}" if "size_mb" in info else "-"
+            rows.append(f"| {alias} | {label} | {cells[0]} | {cells[1]} | {q} | {mem} | {size} |")
+        (work / "results.json").write_text(json.dumps(raw, indent=2))
+    header = (
+        "## GPTQ int4 (W4A16) against RTN, llm-compressor and bitsandbytes nf4\n\n"
+        f"`python scripts/bench_gptq.py` (one run; {machine()}). Calibration: random 512-token windows of the "
+        "built-in `wiki_calib` text, seed 0, the same token ids for both GPTQ implementations "
+        f"({', '.join(f'{m}: {n} windows' for m, n in zip(args.models, args.samples))}); symmetric int4, "
+        "act-order with static groups, dampening 0.01, block 128, lm_head kept. Perplexity on the first "
+        f"{args.eval_tokens} tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` "
+        "(Python reference docs, another domain); in brackets the increase over the original and its ratio "
+        "to RTN's increase. Quantize time and peak RSS are measured inside each quantizer's own child "
+        "process (model load excluded from the time, included in the memory).\n\n"
+        "| model | method | ppl wiki_eval | ppl python_docs | quantize (s) | peak RSS (MB) | size on disk (MB) |\n"
+        "|---|---|---|---|---|---|---|\n")
+    table = header + "\n".join(rows) + "\n"
+    print(table)
+    write_section("gptq", table)
+
+
+if __name__ == "__main__":
+    main()

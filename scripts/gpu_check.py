@@ -1,0 +1,316 @@
+"""GPU checks in one run (about 6-8 minutes on one H100/H200), results to JSON and stdout.
+
+1. CUDA path == CPU path for GPTQ on a tiny model (pytest).
+2. GPTQ timing on one random-weight Llama (16 layers, hidden 2048, MLP 8192, bf16, 128 x 512
+   tokens): llmcompress against llm-compressor, same model and tokens, each in its own
+   process; per-layer time and peak GPU memory.
+3. bitsandbytes int8 / nf4 against bf16 on that 1.1B-shaped model: footprint, peak memory,
+   decode tokens/s.
+4. 2:4 semi-structured sparse matmul (both backends) against dense bf16 on Llama-3-8B and
+   SmolLM2 layer shapes.
+5. One Llama-3-8B-shaped GPTQ run of llmcompress alone (32 layers, 4096 / 14336, GQA 8).
+6. The exact global magnitude threshold over that model's 6.98B Linear weights.
+
+Usage (on the GPU box): python scripts/gpu_check.py OUT_DIR [--budget SECONDS]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu_out")
+OUT.mkdir(parents=True, exist_ok=True)
+BUDGET = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 480.0
+T0 = time.perf_counter()
+RESULTS: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+
+
+def left() -> float:
+    return BUDGET - (time.perf_counter() - T0)
+
+
+def save():
+    (OUT / "gpu_results.json").write_text(json.dumps(RESULTS, indent=2, default=str))
+
+
+def section(name, need_s):
+    def deco(fn):
+        def run(*a, **k):
+            if left() < need_s:
+                RESULTS[name] = {"skipped": f"only {left():.0f}s of the budget left, needs ~{need_s}s"}
+                print(f"== {name}: skipped (time budget)", flush=True)
+                return None
+            print(f"== {name} (budget left {left():.0f}s)", flush=True)
+            t = time.perf_counter()
+            try:
+                out = fn(*a, **k)
+                RESULTS[name] = {"result": out, "section_s": round(time.perf_counter() - t, 1)}
+            except Exception as exc:  # keep going: one broken section must not lose the others
+                import traceback
+
+                traceback.print_exc()
+                RESULTS[name] = {"error": repr(exc)[:2000]}
+                out = None
+            print(json.dumps({name: RESULTS[name]}, default=str)[:3000], flush=True)
+            save()
+            return out
+        run.__name__ = fn.__name__
+        return run
+    return deco
+
+
+def llama_config(layers, hidden, inter, heads, kv, vocab):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=inter,
+                       num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
+                       max_position_embeddings=4096, tie_word_embeddings=False)
+
+
+@torch.no_grad()
+def random_model(cfg, device):
+    from transformers import AutoModelForCausalLM
+
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    return model.eval()
+
+
+@section("cuda_equals_cpu", 60)
+def cuda_equals_cpu():
+    from tests.conftest import make_model, make_tokenizer
+    from tests.unit.test_gptq import cpu_cuda_agreement
+
+    d = Path("/tmp/tiny-llama")
+    make_model().save_pretrained(d)
+    make_tokenizer().save_pretrained(d)
+    cpu_dev, cuda_dev = cpu_cuda_agreement(d)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/unit/test_gptq.py", "-k", "cuda"], cwd=ROOT, capture_output=True, text=True)
+    return {"logit_deviation_cpu": cpu_dev, "logit_deviation_cuda": cuda_dev,
+            "pytest_returncode": proc.returncode, "pytest_tail": proc.stdout.strip().splitlines()[-3:]}
+
+
+@section("gptq_cuda_graph_equals_eager", 30)
+def graph_equals_eager():
+    from llmcompress.methods.gptq import gptq as G
+    from llmcompress.methods.quant.grid import QuantArgs
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    X = torch.randn(4096, 2048, device="cuda", generator=gen)
+    W = torch.randn(3072, 2048, device="cuda", generator=gen)
+    H, _ = G.accumulate_hessian(None, X, 0)
+    out = {}
+    for sym in (True, False):
+        args = QuantArgs(4, 128, sym)
+        timings = {}
+        results = {}
+        for mode in ("1", "0"):
+            os.environ["LLMCOMPRESS_GPTQ_CUDA_GRAPH"] = mode
+            G.gptq_quantize(W, H, args, act_order=True)  # warm-up / capture
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            results[mode] = G.gptq_quantize(W, H, args, act_order=True)
+            torch.cuda.synchronize()
+            timings[mode] = time.perf_counter() - t
+        os.environ["LLMCOMPRESS_GPTQ_CUDA_GRAPH"] = "1"
+        out[f"sym={sym}"] = {"identical": bool(torch.equal(results["1"].weight, results["0"].weight)),
+                             "graph_s": round(timings["1"], 4), "eager_s": round(timings["0"], 4)}
+    return out
+
+
+def llmcompress_gptq(model, ids, group_size):
+    from llmcompress.context import Context
+    from llmcompress.methods.gptq import GPTQConfig, apply_gptq
+
+    cfg = GPTQConfig(bits=4, group_size=group_size, act_order=True, damp=0.01)
+    ctx = Context(device=torch.device("cuda"), calibration=lambda: ids)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    apply_gptq(model, cfg, ctx)
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    layer_s = ctx.notes["gptq"]["layer_seconds"]
+    maths = sum(v["seconds"] for v in ctx.notes["gptq"]["layers"].values())
+    return {"gptq_s": round(wall, 2), "per_layer_s_median": round(sorted(layer_s)[len(layer_s) // 2], 3),
+            "per_layer_s": [round(x, 3) for x in layer_s], "gptq_maths_s": round(maths, 2),
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
+
+
+LC_CHILD = r'''
+import json, sys, time, torch
+from datasets import Dataset
+from llmcompressor import oneshot
+from llmcompressor.modifiers.quantization import GPTQModifier
+from transformers import AutoModelForCausalLM
+model_dir, ids_path, g = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ids = torch.load(ids_path)
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+from tokenizers import Tokenizer, models as tok_models
+from transformers import PreTrainedTokenizerFast
+vocab = {f"t{i}": i for i in range(model.config.vocab_size)}
+tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel(vocab, unk_token="t0")), unk_token="t0", pad_token="t0")
+ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
+recipe = GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int",
+    "symmetric": True, "strategy": "group", "group_size": g, "actorder": "static"}}}, ignore=["lm_head"],
+    dampening_frac=0.01, block_size=128)
+torch.cuda.reset_peak_memory_stats()
+t = time.perf_counter()
+oneshot(model=model, dataset=ds, recipe=recipe, tokenizer=tok, num_calibration_samples=len(ids),
+        max_seq_length=ids.shape[1], shuffle_calibration_samples=False)
+torch.cuda.synchronize()
+print(json.dumps({"gptq_s": round(time.perf_counter() - t, 2), "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20)}))
+'''
+
+
+@section("gptq_16layer_2048_8192", 150)
+def gptq_16layer():
+    cfg = llama_config(16, 2048, 8192, 16, 16, 32000)
+    model = random_model(cfg, "cuda")
+    mdir = Path("/tmp/rand16")
+    model.save_pretrained(mdir)
+    model.to("cpu")  # like a model larger than the GPU: layers visit the GPU one at a time
+    ids = torch.randint(0, cfg.vocab_size, (128, 512), generator=torch.Generator().manual_seed(0))
+    torch.save(ids, "/tmp/rand16_ids.pt")
+    ours = llmcompress_gptq(model, ids, 128)
+    del model
+    torch.cuda.empty_cache()
+    out = {"llmcompress": ours}
+    proc = subprocess.run([sys.executable, "-c", LC_CHILD, str(mdir), "/tmp/rand16_ids.pt", "128"],
+                          capture_output=True, text=True, timeout=max(60, left() - 200))
+    if proc.returncode == 0:
+        out["llm-compressor"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["time_ratio_llmcompress_over_llmcompressor"] = round(ours["gptq_s"] / out["llm-compressor"]["gptq_s"], 3)
+    else:
+        out["llm-compressor"] = {"error": proc.stderr[-1500:]}
+    return out
+
+
+@section("bnb_decode_1b_shape", 60)
+def bnb_decode():
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    res = {}
+    prompt = torch.randint(0, 32000, (1, 32), generator=torch.Generator().manual_seed(0)).cuda()
+    for label, qc in [("bf16", None),
+                      ("int8", BitsAndBytesConfig(load_in_8bit=True)),
+                      ("nf4", BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                 bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16))]:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        kw = {"quantization_config": qc} if qc else {}
+        model = AutoModelForCausalLM.from_pretrained("/tmp/rand16", dtype=torch.bfloat16, device_map="cuda", **kw).eval()
+        gen = dict(max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=0)
+        model.generate(prompt, **gen)  # warm-up
+        runs = []
+        for _ in range(3):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            model.generate(prompt, **gen)
+            torch.cuda.synchronize()
+            runs.append(64 / (time.perf_counter() - t))
+        res[label] = {"decode_tok_s": round(sorted(runs)[1], 1), "decode_tok_s_runs": [round(r, 1) for r in runs],
+                      "footprint_mb": round(model.get_memory_footprint() / 2**20),
+                      "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
+        del model
+    return res
+
+
+@section("sparse_2of4_matmul", 40)
+def sparse_matmul():
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    shapes = {"8B q/o 4096x4096": (4096, 4096), "8B up 14336x4096": (14336, 4096), "8B down 4096x14336": (4096, 14336),
+              "SmolLM2 up 1536x576": (1536, 576), "SmolLM2 down 576x1536": (576, 1536)}
+    res = {}
+    for backend, force_cutlass in (("cusparselt", False), ("cutlass", True)):
+        SparseSemiStructuredTensor._FORCE_CUTLASS = force_cutlass
+        for name, (out_f, in_f) in shapes.items():
+            w = torch.randn(out_f, in_f, device="cuda", dtype=torch.bfloat16)
+            mask = torch.tensor([1, 1, 0, 0], device="cuda", dtype=torch.bool).repeat(out_f, in_f // 4)
+            w = w * mask
+            try:
+                ws = to_sparse_semi_structured(w)
+            except Exception as exc:
+                res[f"{backend} {name}"] = {"error": repr(exc)[:200]}
+                continue
+            for tokens in (16, 512, 4096):
+                x = torch.randn(tokens, in_f, device="cuda", dtype=torch.bfloat16)
+
+                def bench(fn, n=50):
+                    for _ in range(5):
+                        fn()
+                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    s.record()
+                    for _ in range(n):
+                        fn()
+                    e.record()
+                    torch.cuda.synchronize()
+                    return s.elapsed_time(e) / n
+
+                try:
+                    dense = bench(lambda: torch.nn.functional.linear(x, w))
+                    sparse = bench(lambda: torch.nn.functional.linear(x, ws))
+                    res[f"{backend} {name} tokens={tokens}"] = {"dense_ms": round(dense, 4), "sparse_ms": round(sparse, 4),
+                                                               "speedup": round(dense / sparse, 3)}
+                except Exception as exc:
+                    res[f"{backend} {name} tokens={tokens}"] = {"error": repr(exc)[:200]}
+    SparseSemiStructuredTensor._FORCE_CUTLASS = False
+    return res
+
+
+STATE: dict = {}
+
+
+@section("gptq_llama3_8b_shape", 150)
+def gptq_8b():
+    cfg = llama_config(32, 4096, 14336, 32, 8, 128256)
+    model = random_model(cfg, "cuda")  # 8B bf16 on the GPU; layers are already where they run
+    ids = torch.randint(0, cfg.vocab_size, (128, 512), generator=torch.Generator().manual_seed(0))
+    out = llmcompress_gptq(model, ids, 128)
+    STATE["model"] = model
+    return out
+
+
+@section("global_threshold_8b_shape", 30)
+def global_threshold():
+    from llmcompress.methods.prune.threshold import global_kth_magnitude
+
+    model = STATE.get("model")
+    if model is None:
+        model = random_model(llama_config(32, 4096, 14336, 32, 8, 128256), "cuda")
+    ws = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    total = sum(w.numel() for w in ws)
+    k = total // 2
+    times = []
+    for _ in range(4):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        thr, below = global_kth_magnitude(ws, k)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    # check on one layer that the count is right: exactly `below` values under the threshold
+    n_below = sum(int((w.abs().float() < thr).sum()) for w in ws)
+    return {"weights": total, "threshold": thr, "seconds": [round(x, 4) for x in times],
+            "best_s": round(min(times[1:]), 4), "count_check": n_below == below}
+
+
+if __name__ == "__main__":
+    skip = {name for a in sys.argv if a.startswith("--skip=") for name in a[7:].split(",")}
+    for fn in (cuda_equals_cpu, graph_equals_eager, gptq_16layer, bnb_decode, sparse_matmul, gptq_8b, global_threshold):
+        if fn.__name__ in skip:
+            continue
+        fn()
+    RESULTS["total_s"] = round(time.perf_counter() - T0, 1)
+    save()
+    print("done", RESULTS["total_s"])

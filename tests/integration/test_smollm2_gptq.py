@@ -1,0 +1,31 @@
+"""The real SmolLM2-135M: GPTQ int4, save, reload in a process that never imports llmcompress."""
+
+import pytest
+import torch
+
+from llmcompress import CalibrationConfig, EvaluationConfig, Recipe, compress
+from llmcompress.methods.gptq import GPTQConfig
+from llmcompress.methods.rtn import RTNConfig
+from llmcompress.verify import reference_ids, reload_logits
+
+pytestmark = pytest.mark.integration
+
+
+def test_gptq_int4_smollm2_end_to_end(smollm2, tmp_path):
+    ev = EvaluationConfig(max_tokens=2048, seq_len=512, latency=False)
+    # a small calibration set keeps CI fast; the benchmark uses 128 x 512
+    calib = CalibrationConfig(num_samples=32, seq_len=256)
+    recipe = Recipe(stages=[GPTQConfig(bits=4, group_size=64, act_order=True, calibration_dtype="bfloat16")],
+                    name="it-gptq")
+    out = tmp_path / "smollm2-gptq"
+    res = compress(smollm2.spec, recipe, out, calibration=calib, evaluation=ev, verify=False)
+    rtn = compress(smollm2.spec, Recipe(stages=[RTNConfig(bits=4, group_size=64)], name="r"),
+                   evaluation=ev)
+    before, after, after_rtn = res.before.perplexity, res.after.perplexity, rtn.after.perplexity
+    # measured: 16.93 -> GPTQ 22.9 (32 x 256 tokens) vs RTN 25.5 on these 2048 tokens
+    assert before < after < after_rtn
+    assert (after - before) < 0.85 * (after_rtn - before)
+    ids = reference_ids(res.model.config.vocab_size)
+    with torch.no_grad():
+        ref = res.model(ids).logits
+    torch.testing.assert_close(reload_logits(out, ids), ref, rtol=0, atol=0)
