@@ -104,23 +104,45 @@ def compress(
 
         raise ConfigError(f"recipe {recipe.source} names no model: pass one (--model)", "model")
 
-    load_kwargs: dict = {}
+    at_load = [s for s in recipe.stages if s.AT_LOAD]
     for stage in recipe.stages:
-        if stage.AT_LOAD:
-            load_kwargs.update(stage.load_kwargs())
+        stage.check_device(device)
+    load_kwargs: dict = {}
+    for stage in at_load:
+        load_kwargs.update(stage.load_kwargs())
+    load_dtype = load_kwargs.pop("dtype", recipe.dtype)
+    if at_load and device.type != "cpu":
+        load_kwargs["device_map"] = str(device)
+    before = None
     if isinstance(model, torch.nn.Module):
+        from .errors import ConfigError
+
+        if at_load:
+            raise ConfigError(f"{at_load[0].METHOD} acts when the model loads: pass a model spec "
+                              "(alias, directory, hub id), not a loaded model", "method")
         source = models.ModelSource(spec=type(model).__name__, kind="memory",
                                     hub_id=getattr(model.config, "_name_or_path", None))
         if tokenizer is None:
-            from .errors import ConfigError
-
             raise ConfigError("pass tokenizer= along with a loaded model", "tokenizer")
     else:
         source = models.resolve(str(model))
         check_supported(models.load_config(source), source.spec)
+        if at_load and eval_cfg is not None:
+            # Methods applied at load time never hold the original: measure it first, in the
+            # dtype the quantized model keeps for its other modules (bf16 by default).
+            logger.info("loading %s (original, for the 'before' column)", source.spec)
+            original, tokenizer, source = models.load(source, dtype=load_dtype)
+            if device.type != "cpu":
+                original.to(device)
+            windows0 = data_mod.evaluation_windows(tokenizer, eval_cfg)
+            before = measure(original, "original", windows0, eval_cfg,
+                             size_on_disk=export.directory_size(source.path) if source.path else None)
+            del original
         logger.info("loading %s", source.spec)
-        model, tokenizer, source = models.load(source, dtype=recipe.dtype, **load_kwargs)
-        if device.type != "cpu" and not load_kwargs:
+        model, tokenizer, source = models.load(source, dtype=load_dtype, **load_kwargs)
+        for stage in at_load:
+            stage.after_load(model, None)  # before anything runs the model
+        if device.type != "cpu" and not at_load:
             model.to(device)
 
     from .methods.quant.gptq_format import FORMAT as GPTQ_FORMAT, SCALE_DTYPE as GPTQ_SCALE_DTYPE
@@ -139,7 +161,9 @@ def compress(
 
     windows = data_mod.evaluation_windows(tokenizer, eval_cfg, calib_cfg if needs_calib else None) if eval_cfg else None
     result = Result(model=model, tokenizer=tokenizer, recipe=recipe)
-    if eval_cfg is not None:
+    if before is not None:
+        result.before = before
+    elif eval_cfg is not None:
         size = export.directory_size(source.path) if source.path is not None else None
         result.before = measure(model, "original", windows, eval_cfg, size_on_disk=size)
 

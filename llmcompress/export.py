@@ -70,6 +70,9 @@ class Serialized:
 
     tensors: dict[str, torch.Tensor]
     config_updates: dict[str, Any] = field(default_factory=dict)
+    # A directory already holding the complete weights and config (written by the
+    # method itself, e.g. bitsandbytes before any forward): copied as is.
+    copy_from: Path | None = None
 
 
 # A serializer returns None when the model holds nothing it handles.
@@ -148,7 +151,12 @@ def save(
     options = options or {}
     serialized = [s for s in (fn(model, options) for fn in _SERIALIZERS.values()) if s is not None]
     with atomic_directory(output_dir, overwrite) as tmp:
-        if not serialized:
+        copy = next((s.copy_from for s in serialized if s.copy_from is not None), None)
+        if copy is not None:
+            for f in Path(copy).iterdir():
+                if f.is_file():
+                    shutil.copy2(f, tmp / f.name)
+        elif not serialized:
             model.save_pretrained(tmp)
         else:
             tensors = plain_state_dict(model)

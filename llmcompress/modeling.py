@@ -127,14 +127,39 @@ def finished_submodule(layer: nn.Module, linear_name: str) -> nn.Module | None:
     return layer.get_submodule(sub) if sub else None
 
 
+def _logical_numel(p: torch.Tensor) -> int:
+    # bitsandbytes 4-bit parameters hold two weights per byte; count the weights.
+    state = getattr(p, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+
+
 def count_parameters(model: nn.Module) -> int:
-    """Parameters of the model, counting tied weights once."""
+    """Parameters (weights, not storage elements) of the model, counting tied weights once."""
     seen, total = set(), 0
     for p in model.parameters():
         if p.data_ptr() in seen:
             continue
         seen.add(p.data_ptr())
-        total += p.numel()
+        total += _logical_numel(p)
+    return total
+
+
+def linear_weight_bytes(model: nn.Module, ignore: Iterable[str] = DEFAULT_IGNORE) -> int:
+    """Bytes held by the targeted Linear weights, quantization constants included."""
+    total = 0
+    for mod in linear_layers(model, None, ignore).values():
+        w = mod.weight
+        total += w.numel() * w.element_size()
+        state = getattr(w, "quant_state", None)
+        if state is not None:
+            total += state.absmax.numel() * state.absmax.element_size()
+            nested = getattr(state, "state2", None)
+            if nested is not None:
+                total += nested.absmax.numel() * nested.absmax.element_size()
+        scb = getattr(w, "SCB", None)
+        if scb is not None:
+            total += scb.numel() * scb.element_size()
     return total
 
 

@@ -44,6 +44,16 @@ class MethodConfig(ConfigBase):
         model is loaded.
         """
 
+    def check_device(self, device) -> None:
+        """Raise :class:`ConfigError` if this stage cannot run on ``device``; called before loading."""
+
+    def load_kwargs(self) -> dict:
+        """``from_pretrained`` keyword arguments of an ``AT_LOAD`` method."""
+        return {}
+
+    def after_load(self, model, ctx=None) -> None:
+        """Called right after an ``AT_LOAD`` method's model is loaded, before anything runs it."""
+
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain dict, method name first."""
         return {"method": self.METHOD, **super().to_dict()}
