@@ -113,7 +113,7 @@ def compress(
     load_dtype = load_kwargs.pop("dtype", recipe.dtype)
     if at_load and device.type != "cpu":
         load_kwargs["device_map"] = str(device)
-    before = None
+    before = windows = None
     if isinstance(model, torch.nn.Module):
         from .errors import ConfigError
 
@@ -134,8 +134,8 @@ def compress(
             original, tokenizer, source = models.load(source, dtype=load_dtype)
             if device.type != "cpu":
                 original.to(device)
-            windows0 = data_mod.evaluation_windows(tokenizer, eval_cfg)
-            before = measure(original, "original", windows0, eval_cfg,
+            windows = data_mod.evaluation_windows(tokenizer, eval_cfg)
+            before = measure(original, "original", windows, eval_cfg,
                              size_on_disk=export.directory_size(source.path) if source.path else None)
             del original
         logger.info("loading %s", source.spec)
@@ -159,7 +159,8 @@ def compress(
 
         ctx.calibration = calibration_ids
 
-    windows = data_mod.evaluation_windows(tokenizer, eval_cfg, calib_cfg if needs_calib else None) if eval_cfg else None
+    if windows is None and eval_cfg is not None:
+        windows = data_mod.evaluation_windows(tokenizer, eval_cfg, calib_cfg if needs_calib else None)
     result = Result(model=model, tokenizer=tokenizer, recipe=recipe)
     if before is not None:
         result.before = before
@@ -180,7 +181,7 @@ def compress(
         result.after = measure(model, "compressed", windows, eval_cfg)
 
     if output_dir is not None:
-        fmt = recipe.output.format if quantized_modules(model) else "dense"
+        fmt = recipe.output.format if quantized_modules(model) else (at_load[0].METHOD if at_load else "dense")
 
         def finalize(tmp: Path):
             if result.after is not None:

@@ -8,6 +8,7 @@ from .report import markdown
 PIP_FOR_FORMAT = {
     "compressed-tensors": "pip install transformers compressed-tensors",
     "gptq": "pip install transformers optimum gptqmodel",
+    "bnb": "pip install transformers bitsandbytes",
     "dense": "pip install transformers",
 }
 
@@ -16,11 +17,10 @@ def model_card(recipe, source, columns: list[Measurement] | None, weights_format
     """A model card naming the base model, the methods, the metrics and how to load it."""
     kinds = recipe.kinds
     methods = [s.METHOD for s in recipe.stages]
-    relation = "quantized" if "quantized" in kinds else ("finetune" if "distilled" in kinds else "adapter")
     lines = ["---", f"base_model: {source.base_model}"]
     if "quantized" in kinds:
         lines.append("base_model_relation: quantized")
-    elif relation == "finetune":
+    elif "distilled" in kinds:
         lines.append("base_model_relation: finetune")
     if getattr(source, "license", ""):
         lines.append(f"license: {source.license}")

@@ -33,6 +33,7 @@ def _cmd_eval(args) -> int:
     from . import data, models, report
     from .api import default_device
     from .evaluate import measure
+    from .export import directory_size
 
     cfg = data.EvaluationConfig(source=args.data, max_tokens=args.max_tokens, seq_len=args.seq_len,
                                 latency=not args.no_latency)
@@ -40,7 +41,7 @@ def _cmd_eval(args) -> int:
     model, tok, source = models.load(args.model, dtype=args.dtype)
     model.to(args.device or default_device())
     windows = data.evaluation_windows(tok, cfg)
-    size = __import__("llmcompress.export", fromlist=["x"]).directory_size(source.path) if source.path else None
+    size = directory_size(source.path) if source.path else None
     m = measure(model, source.spec, windows, cfg, size_on_disk=size)
     print(report.markdown([m]))
     if args.report:

@@ -35,7 +35,8 @@ def test_save_after_forward_reloads_identically(tiny_model_dir, tmp_path, kind):
         ref = res.model(ids).logits.float()
     torch.testing.assert_close(reload_logits(out, ids), ref, rtol=0, atol=0)
     assert count_parameters(res.model) == res.before.parameters  # weights, not packed bytes
-    assert "base_model_relation: quantized" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "base_model_relation: quantized" in card and "pip install transformers bitsandbytes" in card
 
 
 def test_plain_save_after_forward_is_the_trap(tiny_model_dir, tmp_path):
