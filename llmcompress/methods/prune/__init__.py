@@ -1,2 +1,6 @@
-"""Pruning (in progress): the global magnitude threshold is here; the recipe stages
-(magnitude / Wanda / SparseGPT, N:M, structured) come next."""
+"""Pruning. Magnitude pruning (per-layer or global, exact sparsity) is here; Wanda, SparseGPT,
+N:M and structured pruning come next on the same calibration engine."""
+
+from .apply import PruneConfig, apply_prune
+
+__all__ = ["PruneConfig", "apply_prune"]
