@@ -54,7 +54,9 @@ def main(path: str = str(ROOT / "scripts/results/gpu_h200.json")):
     lines += ["### Exact global magnitude threshold over Llama-3-8B's Linear weights", "",
               f"{th['weights']:,} bf16 weights, 50% sparsity: best {th['best_s']} s (runs {th['seconds']}), exact "
               f"(count check {th['count_check']}). Target 0.05 s: **missed** by 13x; the streaming pass launches "
-              "several kernels and a compaction per tensor. `torch.kthvalue` cannot run at this size on CUDA.", ""]
+              "several kernels and a compaction per tensor. `torch.kthvalue` cannot run at this size on CUDA. "
+              "Measured on the revision of `threshold.py` before per-tensor score scales and the tie count were "
+              "added; the sampling and the streaming pass are the same (stale until the next GPU run).", ""]
     sp = s["sparse_2of4_matmul"]["result"]
     lines += ["### 2:4 semi-structured sparse matmul against dense bf16 (`to_sparse_semi_structured` + `F.linear`)", "",
               "| backend, weight, tokens | dense (ms) | 2:4 (ms) | speedup |", "|---|---|---|---|"]

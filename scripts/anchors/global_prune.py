@@ -16,17 +16,17 @@ from transformers import AutoModelForCausalLM
 tool, model_dir, sparsity = sys.argv[1], sys.argv[2], float(sys.argv[3])
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+import torch.nn.utils.prune as prune  # noqa: E402  (imports stay outside the timed region)
+
+from llmcompress.methods.prune import PruneConfig, apply_prune  # noqa: E402
+
 rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
 if tool == "torch":
-    import torch.nn.utils.prune as prune
-
     prune.global_unstructured([(m, "weight") for m in linears], pruning_method=prune.L1Unstructured, amount=sparsity)
     for m in linears:
         prune.remove(m, "weight")  # fold the mask in: no weight_orig / weight_mask left
 else:
-    from llmcompress.methods.prune import PruneConfig, apply_prune
-
     apply_prune(model, PruneConfig(sparsity=sparsity, scope="global"))
 seconds = time.perf_counter() - t0
 zeros = sum(int((m.weight == 0).sum()) for m in linears)

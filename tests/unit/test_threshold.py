@@ -16,7 +16,7 @@ def test_threshold_equals_kthvalue(dtype, sparsity):
     ts = [torch.randn(300, 200, generator=g).to(dtype) * s for s in (0.5, 1.0, 3.0)]
     total = sum(t.numel() for t in ts)
     k = int(round(sparsity * total))
-    thr, below = global_kth_magnitude(ts, k, sample=4096)
+    thr, below, _ = global_kth_magnitude(ts, k, sample=4096)
     assert thr == brute(ts, k)
     masks = prune_masks(ts, sparsity)
     assert sum(int((~m).sum()) for m in masks) == k  # exact sparsity
@@ -35,9 +35,9 @@ def test_ties_give_exact_sparsity():
 def test_unlucky_sample_is_corrected(monkeypatch):
     # A bracket that misses forces the widening path; the answer stays exact.
     ts = [torch.arange(1000, dtype=torch.float32).reshape(10, 100)]
-    monkeypatch.setattr(threshold, "_sample", lambda tensors, m, gen: torch.full((m,), 999.0))
+    monkeypatch.setattr(threshold, "_sample", lambda tensors, m, gen, scales=None: torch.full((m,), 999.0))
     assert global_kth_magnitude(ts, 10)[0] == 9.0
-    monkeypatch.setattr(threshold, "_sample", lambda tensors, m, gen: torch.zeros(m))
+    monkeypatch.setattr(threshold, "_sample", lambda tensors, m, gen, scales=None: torch.zeros(m))
     assert global_kth_magnitude(ts, 990)[0] == 989.0
 
 
@@ -52,3 +52,22 @@ def test_chunked_streaming(monkeypatch):
 def test_bad_sparsity():
     with pytest.raises(ValueError):
         prune_masks([torch.ones(4)], 1.0)
+
+
+def test_scaled_scores_and_in_place():
+    from llmcompress.methods.prune.threshold import prune_in_place
+
+    g = torch.Generator().manual_seed(2)
+    ts = [torch.randn(64, 64, generator=g) * 0.01, torch.randn(64, 64, generator=g) * 10]
+    scales = [0.01, 10.0]
+    k = 4096
+    expected = brute([ts[0] / 0.01, ts[1] / 10.0], k)
+    assert global_kth_magnitude(ts, k, sample=256, scales=scales)[0] == pytest.approx(expected, rel=1e-6)
+    masks = prune_masks(ts, 0.5, scales)
+    copies = [t.clone() for t in ts]
+    counts = prune_in_place(copies, 0.5, scales)
+    assert sum(counts) == 4096
+    for c, m in zip(copies, masks):
+        assert torch.equal(c != 0, m)
+    # both layers lose about half: scores are comparable across scales
+    assert 0.3 < counts[0] / 4096 < 0.7

@@ -26,7 +26,7 @@ from ...config import check_choice
 from ...errors import ConfigError
 from ...modeling import DEFAULT_IGNORE, linear_layers
 from ...registry import MethodConfig, register_method
-from .threshold import prune_masks
+from .threshold import prune_in_place
 
 logger = logging.getLogger(__name__)
 SCOPES = ("layer", "global", "global_normalized")
@@ -59,15 +59,11 @@ def apply_prune(model, cfg: PruneConfig, ctx=None):
         raise ConfigError(f"targets {cfg.targets} (ignore {cfg.ignore}) select no Linear layer", "targets")
     weights = [m.weight.data for m in layers.values()]
     if cfg.scope == "layer":
-        masks = [prune_masks([w], cfg.sparsity)[0] for w in weights]
-    elif cfg.scope == "global":
-        masks = prune_masks(weights, cfg.sparsity)
+        pruned = [prune_in_place([w], cfg.sparsity)[0] for w in weights]
     else:
-        masks = prune_masks([w / w.abs().float().mean().clamp_min(1e-12).to(w.dtype) for w in weights], cfg.sparsity)
-    per_layer = {}
-    for (name, _), w, keep in zip(layers.items(), weights, masks):
-        w.mul_(keep.to(w.dtype))
-        per_layer[name] = 1 - keep.float().mean().item()
+        scales = [w.abs().float().mean().clamp_min(1e-12).item() for w in weights] if cfg.scope == "global_normalized" else None
+        pruned = prune_in_place(weights, cfg.sparsity, scales)
+    per_layer = {name: n / w.numel() for name, w, n in zip(layers, weights, pruned)}
     if ctx is not None:
         ctx.notes["prune"] = {"per_layer_sparsity": per_layer}
     return model

@@ -33,30 +33,39 @@ def _chunks(t: torch.Tensor):
         yield flat[i : i + CHUNK]
 
 
-def _sample(tensors: Sequence[torch.Tensor], m: int, gen: torch.Generator) -> torch.Tensor:
+def _scores(c: torch.Tensor, scale: float) -> torch.Tensor:
+    a = c.abs()
+    return a.div_(scale) if scale != 1.0 else a
+
+
+def _sample(tensors: Sequence[torch.Tensor], m: int, gen: torch.Generator, scales=None) -> torch.Tensor:
     sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.float64)
     picks = torch.multinomial(sizes / sizes.sum(), m, replacement=True, generator=gen)
     counts = torch.bincount(picks, minlength=len(tensors))
     parts = []
-    for t, c in zip(tensors, counts.tolist()):
+    for i, (t, c) in enumerate(zip(tensors, counts.tolist())):
         if c:
             idx = torch.randint(0, t.numel(), (c,), generator=gen).to(t.device)
-            parts.append(t.reshape(-1)[idx].abs().float().cpu())
+            parts.append(_scores(t.reshape(-1)[idx].float(), scales[i] if scales else 1.0).cpu())
     return torch.cat(parts)
 
 
 @torch.no_grad()
-def global_kth_magnitude(tensors: Sequence[torch.Tensor], k: int, sample: int = 1 << 20, seed: int = 0) -> tuple[float, int]:
-    """The k-th smallest ``|w|`` (1-based) over all tensors, exactly, and how many values are below it.
+def global_kth_magnitude(tensors: Sequence[torch.Tensor], k: int, sample: int = 1 << 20, seed: int = 0,
+                         scales: Sequence[float] | None = None) -> tuple[float, int, int]:
+    """The k-th smallest score (1-based) over all tensors, exactly, and how many scores are below it.
+
+    The score of a weight is ``|w|``, or ``|w| / scales[i]`` for tensor ``i`` when ``scales`` is given
+    (scale-normalized global pruning), computed chunk by chunk without copies of the tensors.
 
     Returns:
-        ``(threshold, n_below)``: ``n_below < k <= n_below + n_equal``.
+        ``(threshold, n_below, n_equal)``: ``n_below < k <= n_below + n_equal``.
     """
     total = sum(t.numel() for t in tensors)
     if not 1 <= k <= total:
         raise ValueError(f"k={k} outside [1, {total}]")
     gen = torch.Generator().manual_seed(seed)
-    s = _sample(tensors, min(sample, total), gen).sort().values
+    s = _sample(tensors, min(sample, total), gen, scales).sort().values
     m = s.numel()
     q = k / total
     half = 6 * math.sqrt(q * (1 - q) * m) + 2  # six binomial standard deviations of the rank
@@ -68,9 +77,9 @@ def global_kth_magnitude(tensors: Sequence[torch.Tensor], k: int, sample: int = 
         hi = math.inf
     while True:
         below_parts, inside = [], []
-        for t in tensors:
+        for i, t in enumerate(tensors):
             for c in _chunks(t):
-                a = c.abs()
+                a = _scores(c, scales[i] if scales else 1.0)
                 if lo >= 0:
                     below_parts.append((a < lo).sum())  # stays on device: no sync per chunk
                 inside.append(a[(a >= lo) & (a <= hi)].float())
@@ -79,7 +88,8 @@ def global_kth_magnitude(tensors: Sequence[torch.Tensor], k: int, sample: int = 
         if below < k <= below + vals.numel():
             kth = torch.kthvalue(vals, k - below).values.item()  # the bracket is small: fine on any device
             n_below = below + int((vals < kth).sum())
-            return kth, n_below
+            n_equal = int((vals == kth).sum())
+            return kth, n_below, n_equal
         # The sample was unlucky: widen the bracket on the side that missed and redo the pass.
         if k <= below:
             lo = -1.0
@@ -87,31 +97,61 @@ def global_kth_magnitude(tensors: Sequence[torch.Tensor], k: int, sample: int = 
             hi = math.inf
 
 
-@torch.no_grad()
-def prune_masks(tensors: Sequence[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
-    """Boolean keep-masks with exactly ``round(sparsity * total)`` values pruned globally by magnitude.
-
-    Values equal to the threshold are pruned in tensor order, then position order, until the
-    count is exact.
-    """
+def _keep_masks(tensors: Sequence[torch.Tensor], sparsity: float, scales, on_chunk) -> None:
+    """Find the exact threshold, then call ``on_chunk(i, start, keep)`` for every chunk of every
+    tensor with the boolean mask of the values to keep (ties pruned in order until exact)."""
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     total = sum(t.numel() for t in tensors)
     k = int(round(sparsity * total))
     if k == 0:
-        return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
-    thr, n_below = global_kth_magnitude(tensors, k)
+        return
+    thr, n_below, n_equal = global_kth_magnitude(tensors, k, scales=scales)
     ties_to_prune = k - n_below
-    masks = []
-    for t in tensors:
-        a = t.abs().float()
-        keep = a > thr
-        eq = a == thr
-        n_eq = int(eq.sum())
-        if n_eq and ties_to_prune < n_eq:
-            # keep the ties after the first ``ties_to_prune`` of them
-            order = torch.cumsum(eq.reshape(-1).int(), 0).reshape(eq.shape)
-            keep |= eq & (order > ties_to_prune)
-        ties_to_prune = max(0, ties_to_prune - n_eq)
-        masks.append(keep)
+    all_ties = ties_to_prune == n_equal  # the usual case: no tie needs keeping, no tie counting
+    for i, t in enumerate(tensors):
+        scale = scales[i] if scales else 1.0
+        flat = t.reshape(-1)
+        for start in range(0, flat.numel(), CHUNK):
+            a = _scores(flat[start : start + CHUNK], scale)
+            if all_ties:
+                on_chunk(i, start, a > thr)
+                continue
+            drop = a <= thr
+            eqm = a == thr
+            eq = int(eqm.sum())
+            if eq > ties_to_prune:
+                # prune only the first ``ties_to_prune`` values equal to the threshold
+                drop &= ~(eqm & (torch.cumsum(eqm.int(), 0) > ties_to_prune))
+            ties_to_prune = max(0, ties_to_prune - eq)
+            on_chunk(i, start, ~drop)
+
+
+@torch.no_grad()
+def prune_in_place(tensors: Sequence[torch.Tensor], sparsity: float, scales: Sequence[float] | None = None) -> list[int]:
+    """Zero exactly ``round(sparsity * total)`` weights with the smallest scores, in place.
+
+    Scores are ``|w|`` (or ``|w| / scales[i]``). Each mask lives only while its chunk is
+    processed. Returns the number of zeroed weights per tensor.
+    """
+    counts = [0] * len(tensors)
+
+    def zero(i, start, keep):
+        # multiplying by the mask is several times faster than masked_fill_ on CPU
+        tensors[i].reshape(-1)[start : start + keep.numel()].mul_(keep)
+        counts[i] += keep.numel() - int(keep.sum())
+
+    _keep_masks(tensors, sparsity, scales, zero)
+    return counts
+
+
+@torch.no_grad()
+def prune_masks(tensors: Sequence[torch.Tensor], sparsity: float, scales: Sequence[float] | None = None) -> list[torch.Tensor]:
+    """Boolean keep-masks of the same selection as :func:`prune_in_place` (tensors untouched)."""
+    masks = [torch.ones_like(t, dtype=torch.bool) for t in tensors]
+
+    def store(i, start, keep):
+        masks[i].reshape(-1)[start : start + keep.numel()] = keep
+
+    _keep_masks(tensors, sparsity, scales, store)
     return masks
