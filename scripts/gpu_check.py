@@ -11,7 +11,15 @@
 5. One Llama-3-8B-shaped GPTQ run of llmcompress alone (32 layers, 4096 / 14336, GQA 8).
 6. The exact global magnitude threshold over that model's 6.98B Linear weights.
 
-Usage (on the GPU box): python scripts/gpu_check.py OUT_DIR [--budget SECONDS]
+Usage (on the GPU box): python scripts/gpu_check.py OUT_DIR [--budget SECONDS] [--skip=name,name]
+
+The GPU box's Python 3.12 has torch, transformers, accelerate and peft but not bitsandbytes,
+compressed-tensors, llm-compressor or datasets: carry them as wheels (pip download --no-deps
+--python-version 3.12 --platform manylinux...: llmcompressor 0.14.0.1, compressed-tensors 0.19.0,
+datasets 5.2.0, dill, multiprocess, loguru, pydantic + pydantic_core, annotated-types,
+typing-inspection, auto-round 0.15.1, bitsandbytes 0.50.2), install them with
+``pip install --no-deps --target /tmp/site`` and put /tmp/site and the repository on PYTHONPATH.
+Render the results with scripts/gpu_report.py.
 """
 
 from __future__ import annotations
