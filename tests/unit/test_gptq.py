@@ -194,3 +194,18 @@ def test_gptq_function_cuda_equals_cpu():
     err_cpu = ((W - cpu.weight) @ X.T).norm()
     err_gpu = ((W - gpu.weight.cpu()) @ X.T).norm()
     assert abs(err_cpu - err_gpu) < 0.01 * err_cpu
+
+
+def test_mixed_precision_overrides_roundtrip(tiny_model_dir, tmp_path):
+    import json
+
+    recipe = Recipe(stages=[GPTQConfig(bits=4, group_size=64, overrides={"down_proj": {"bits": 8, "group_size": -1}})],
+                    name="mixed", calibration=CalibrationConfig(num_samples=8, seq_len=64))
+    res = compress(str(tiny_model_dir), recipe, tmp_path / "m", evaluation=False)
+    assert res.reload_max_abs_diff == 0
+    from llmcompress.methods.quant.record import get_record
+
+    down = res.model.model.layers[0].mlp.down_proj
+    assert get_record(down).args.bits == 8 and get_record(down).scale.shape == (256, 1)
+    groups = json.loads((tmp_path / "m" / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, 8]
