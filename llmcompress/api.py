@@ -18,7 +18,6 @@ from .context import Context
 from .data import CalibrationConfig, EvaluationConfig
 from .evaluate import Measurement, measure
 from .methods.quant.record import quantized_modules
-from .modeling import check_supported
 from .recipe import Recipe
 from .registry import get_method
 
@@ -126,7 +125,6 @@ def compress(
             raise ConfigError("pass tokenizer= along with a loaded model", "tokenizer")
     else:
         source = models.resolve(str(model))
-        check_supported(models.load_config(source), source.spec)
         if at_load and eval_cfg is not None:
             # Methods applied at load time never hold the original: measure it first, in the
             # dtype the quantized model keeps for its other modules (bf16 by default).

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -127,10 +127,6 @@ class LayerRunner:
             del module.forward  # drop the instance attribute: the class method is back
         self._frozen.clear()
 
-    @property
-    def num_tokens(self) -> int:
-        return self.hidden.shape[0] * self.hidden.shape[1]
-
     @torch.no_grad()
     def observe(self, modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None]) -> None:
         """Call ``fn(name, input)`` for every module and batch; stop each forward once all have fired."""
@@ -212,7 +208,3 @@ def run_layerwise(
     model.train(was_training)
     return seconds
 
-
-def linear_children(layer: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
-    mods = dict(layer.named_modules())
-    return {n: mods[n] for n in names}

@@ -65,10 +65,6 @@ def decoder_layer_prefix(model: nn.Module) -> str:
     return "model.layers"
 
 
-def embedding(model: nn.Module) -> nn.Module:
-    return model.get_input_embeddings()
-
-
 def matches(name: str, patterns: Iterable[str]) -> bool:
     """Does a module name match any pattern?
 

@@ -21,7 +21,6 @@ copy is what the output holds (then verified by a fresh-process reload).
 from __future__ import annotations
 
 import importlib.util
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path

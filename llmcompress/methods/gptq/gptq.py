@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..quant.grid import QuantArgs, dequantize, group_qparams, mse_shrink, qparams, quantize
+from ..quant.grid import QuantArgs, group_qparams, mse_shrink, qparams
 
 
 logger = logging.getLogger(__name__)
