@@ -36,6 +36,7 @@ class Result:
     output_dir: Path | None = None
     notes: dict = field(default_factory=dict)
     reload_max_abs_diff: float | None = None
+    pushed: Any = None  # hub.PushResult when the output was pushed
 
     def table(self) -> str:
         cols = [c for c in (self.before, self.after) if c is not None]
@@ -57,6 +58,8 @@ def compress(
     overwrite: bool = False,
     device: str | torch.device | None = None,
     verify: bool | None = None,
+    push_to_hub: str | None = None,
+    private: bool = False,
 ) -> Result:
     """Apply a recipe to a model, optionally evaluate before/after and write the result.
 
@@ -75,6 +78,9 @@ def compress(
         device: where layer-by-layer work and evaluation run (default: cuda if available).
         verify: reload the output in a fresh process and compare logits (default: the
             recipe's ``output.verify``).
+        push_to_hub: ``ORG/NAME`` to push the output to (default: the recipe's
+            ``push_to_hub``); the token and organisation are checked before any work.
+        private: create the Hub repo private.
 
     Returns:
         A :class:`Result` with the model, the before/after measurements and the output path.
@@ -91,6 +97,15 @@ def compress(
     device = torch.device(device) if device is not None else default_device()
 
     # ---- checks that need no weights
+    repo_id = push_to_hub or recipe.push_to_hub
+    if repo_id:
+        from . import hub
+
+        if output_dir is None:
+            from .errors import ConfigError
+
+            raise ConfigError("push_to_hub needs an output directory to upload: pass output_dir", "push_to_hub")
+        hub.preflight(repo_id)
     if output_dir is not None:
         export.check_output_dir(output_dir, overwrite)
     needs_calib = any(s.NEEDS_CALIBRATION for s in recipe.stages)
@@ -204,4 +219,12 @@ def compress(
         export.save(model, tokenizer, output_dir, overwrite=overwrite, recipe_yaml=recipe.to_yaml(),
                     options={"format": recipe.output.format}, finalize=finalize)
         result.output_dir = Path(output_dir)
+        if repo_id:
+            from . import hub
+
+            try:
+                result.pushed = hub.push(output_dir, repo_id, private=private)
+            except hub.HubError as exc:
+                raise hub.HubError(f"{exc} The compressed model is saved in {output_dir}; push it later with "
+                                   f"`llmcompress push {output_dir} --repo-id {repo_id}`.") from None
     return result

@@ -1,4 +1,4 @@
-"""``llmcompress`` command line: run, eval, recipes. Thin: parse, then call the API."""
+"""``llmcompress`` command line: run, eval, push, recipes. Thin: parse, then call the API."""
 
 from __future__ import annotations
 
@@ -19,12 +19,24 @@ def _cmd_run(args) -> int:
     output = args.output or f"outputs/{recipe.name}"
     evaluation = False if args.no_eval else None
     result = compress(args.model, recipe, output, overwrite=args.overwrite, device=args.device,
-                      evaluation=evaluation, verify=False if args.no_verify else None)
+                      evaluation=evaluation, verify=False if args.no_verify else None,
+                      push_to_hub=args.push_to_hub, private=args.private)
     if result.before or result.after:
         print(result.table())
     if result.reload_max_abs_diff is not None:
         print(f"reload check (plain from_pretrained, fresh process): max |logit diff| = {result.reload_max_abs_diff:.3g}")
     print(f"wrote {result.output_dir}")
+    if result.pushed is not None:
+        print(result.pushed.summary())
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from .hub import push
+
+    result = push(args.folder, args.repo_id, private=args.private, revision=args.revision,
+                  commit_message=args.commit_message)
+    print(result.summary())
     return 0
 
 
@@ -72,7 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     run.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
     run.add_argument("--no-verify", action="store_true", help="skip the fresh-process reload check")
+    run.add_argument("--push-to-hub", metavar="ORG/NAME", help="push the output to this Hub repo "
+                     "(default: the recipe's push_to_hub); token from HF_TOKEN or `hf auth login`")
+    run.add_argument("--private", action="store_true", help="create the Hub repo private")
     run.set_defaults(func=_cmd_run)
+
+    ps = sub.add_parser("push", help="upload an output directory to the Hugging Face Hub (or HF_ENDPOINT)")
+    ps.add_argument("folder", help="directory written by `llmcompress run`")
+    ps.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="Hub repo, created when missing")
+    ps.add_argument("--private", action="store_true", help="create the repo private")
+    ps.add_argument("--revision", help="branch to push to, created from main when missing (default: main)")
+    ps.add_argument("--commit-message", help="default: 'Upload DIR with llmcompress'")
+    ps.set_defaults(func=_cmd_push)
 
     ev = sub.add_parser("eval", help="measure a model: perplexity, size, memory, latency")
     ev.add_argument("model", help="alias, local directory, .gguf file or hub id")
@@ -95,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+    for noisy in ("httpx", "httpx2", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

@@ -113,6 +113,13 @@ class Recipe:
         for key in ("name", "description", "model", "dtype", "push_to_hub"):
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise ConfigError(f"recipe {source}: '{key}' must be a string, got {data[key]!r}", key)
+        if data.get("push_to_hub"):
+            from .hub import HubError, check_repo_id
+
+            try:
+                check_repo_id(data["push_to_hub"])
+            except HubError as exc:
+                raise ConfigError(f"recipe {source}, 'push_to_hub': {exc}", "push_to_hub") from None
         return cls(
             stages=stages,
             name=data.get("name") or Path(source).stem,

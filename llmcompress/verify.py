@@ -31,13 +31,15 @@ def reference_ids(vocab_size: int, seq_len: int = 64, seed: int = 1234) -> torch
 
 
 def reload_logits(model_dir: str | Path, ids: torch.Tensor, env: dict | None = None) -> torch.Tensor:
-    """Logits of ``model_dir`` loaded by plain transformers in a fresh process."""
+    """Logits of ``model_dir`` (a directory, or a hub repo id) loaded by plain transformers
+    in a fresh process."""
+    target = str(Path(model_dir).absolute()) if Path(model_dir).exists() else str(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
         ids_path, out_path = Path(tmp, "ids.pt"), Path(tmp, "logits.pt")
         torch.save(ids, ids_path)
         full_env = {**os.environ, **(env or {}), "PYTHONPATH": ""}
         proc = subprocess.run(
-            [sys.executable, "-c", SCRIPT.read_text(), str(Path(model_dir).absolute()), str(ids_path), str(out_path)],
+            [sys.executable, "-c", SCRIPT.read_text(), target, str(ids_path), str(out_path)],
             capture_output=True, text=True, env=full_env, cwd=tmp)
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-6:])

@@ -1,0 +1,181 @@
+"""Push to a Hub: the real huggingface_hub client against the loopback Hub in tests/hub_server.py."""
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from tests.hub_server import Hub
+from llmcompress import Recipe, compress
+from llmcompress.cli import main
+from llmcompress.data import EvaluationConfig
+from llmcompress.errors import ConfigError
+from llmcompress.hub import HubError, push
+from llmcompress.methods.rtn import RTNConfig
+from llmcompress.verify import reference_ids, reload_logits
+
+EVAL = EvaluationConfig(max_tokens=256, seq_len=64, latency=False)
+
+
+@pytest.fixture()
+def hub(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    # The test suite runs offline (conftest); these tests talk to the loopback Hub only.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    server = Hub().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", server.token)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login, empty cache
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_model_dir, tmp_path_factory):
+    """A tiny model, RTN int4, written with its report and model card."""
+    out = tmp_path_factory.mktemp("pushed") / "tiny-int4"
+    res = compress(str(tiny_model_dir), Recipe(stages=[RTNConfig(bits=4, group_size=64)], name="tiny-int4"),
+                   out, evaluation=EVAL, verify=False)
+    return out, res
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def test_round_trip_through_hub(hub, quantized, tmp_path, caplog):
+    out, res = quantized
+    before = snapshot(out)
+    caplog.set_level("DEBUG")
+    result = push(out, "llmco/tiny-int4")
+    assert result.changed and result.url.endswith("/llmco/tiny-int4")
+    assert hub.token not in caplog.text
+
+    # safetensors went through the LFS protocol (batch, PUT, verify) and downloads through the CDN.
+    assert any(p.startswith("/lfs-upload/") for _, p in hub.requests)
+    ids = reference_ids(res.model.config.vocab_size)
+    got = reload_logits("llmco/tiny-int4", ids, env={"HF_HOME": str(tmp_path / "fresh-cache")})
+    ref = res.model(ids).logits.float()
+    assert (ref - got).abs().max().item() < 1e-4
+    assert any(p.startswith("/lfs/") for _, p in hub.requests), "weights must come from the LFS CDN"
+
+    card_text = hub.repos["llmco/tiny-int4"].head("main").files["README.md"].content.decode()
+    card = ModelCard(card_text)
+    assert card.data.base_model and card.data.base_model_relation == "quantized"
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert {"llmcompress", "rtn"} <= set(card.data.tags)
+    assert 'from_pretrained("llmco/tiny-int4")' in card_text and "PATH_OR_REPO_ID" not in card_text
+    assert "| perplexity |" in card_text and "pip install transformers compressed-tensors" in card_text
+    assert yaml.safe_load(card_text.split("```yaml")[1].split("```")[0])["stages"][0]["method"] == "rtn"
+
+    # Unchanged files: no new commit. The local folder was never touched.
+    n = len(hub.commits("llmco/tiny-int4"))
+    assert main(["push", str(out), "--repo-id", "llmco/tiny-int4"]) == 0
+    assert len(hub.commits("llmco/tiny-int4")) == n
+    assert snapshot(out) == before
+
+
+def test_stale_weights_are_removed(hub, quantized, tmp_path):
+    out, _ = quantized
+    extra = tmp_path / "with-extra"
+    shutil.copytree(out, extra)
+    (extra / "old-shard.safetensors").write_bytes(b"stale")
+    push(extra, "tester/m")
+    assert "old-shard.safetensors" in hub.repos["tester/m"].head("main").files
+    push(out, "tester/m")
+    files = hub.repos["tester/m"].head("main").files
+    assert "old-shard.safetensors" not in files and "model.safetensors" in files and ".gitattributes" in files
+
+
+def test_private_repo_on_a_branch(hub, quantized, tmp_path):
+    out, res = quantized
+    result = push(out, "tester/private-int4", private=True, revision="v1", commit_message="first cut")
+    repo = hub.repos["tester/private-int4"]
+    assert repo.private and result.revision == "v1"
+    assert repo.branches["v1"][-1].message == "first cut" and "model.safetensors" not in repo.head("main").files
+    ids = reference_ids(res.model.config.vocab_size)
+    env = {"HF_HOME": str(tmp_path / "c1")}
+    with pytest.raises(Exception, match="does not load"):  # anonymous: the repo is invisible
+        reload_logits("tester/private-int4", ids, env={**env, "HF_TOKEN": "", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"})
+
+
+def test_wrong_token_is_401_and_never_echoed(hub, quantized, monkeypatch, capsys):
+    out, _ = quantized
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong_secret_value")
+    with pytest.raises(HubError, match="401") as err:
+        push(out, "llmco/x")
+    assert "hf_wrong_secret_value" not in str(err.value)
+    assert main(["push", str(out), "--repo-id", "llmco/x"]) == 2
+    assert "hf_wrong_secret_value" not in capsys.readouterr().err
+    assert hub.repos == {}
+
+
+def test_wrong_token_fails_before_compressing(hub, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    recipe = Recipe(stages=[RTNConfig(bits=4, group_size=64)], name="t", push_to_hub="llmco/t")
+    with pytest.raises(HubError, match="401"):
+        compress(str(tiny_model_dir), recipe, tmp_path / "o", evaluation=False)
+    assert not (tmp_path / "o").exists()
+    assert not any("/preupload/" in p for _, p in hub.requests)
+
+
+def test_missing_organisation(hub, quantized, tiny_model_dir, tmp_path):
+    out, _ = quantized
+    with pytest.raises(HubError, match="'no-such-org'"):
+        push(out, "no-such-org/x")
+    recipe = Recipe(stages=[RTNConfig(bits=4, group_size=64)], name="t")
+    with pytest.raises(HubError, match="'no-such-org'"):  # checked before any weights load
+        compress(str(tiny_model_dir), recipe, tmp_path / "o", evaluation=False, push_to_hub="no-such-org/x")
+    assert not (tmp_path / "o").exists()
+
+
+def test_dropped_connection_then_retry(hub, quantized, tmp_path):
+    out, res = quantized
+    before = snapshot(out)
+    hub.drop_commits = 1
+    with pytest.raises(HubError, match="connection .* failed.*same command again") as err:
+        push(out, "llmco/flaky")
+    assert str(out) in str(err.value)
+    assert snapshot(out) == before, "a failed push must not touch the local folder"
+    assert [c.message for c in hub.commits("llmco/flaky")] == ["initial commit"]
+
+    result = push(out, "llmco/flaky")  # LFS objects are already there: only the commit is sent again
+    assert result.changed and len(hub.commits("llmco/flaky")) == 2
+    ids = reference_ids(res.model.config.vocab_size)
+    got = reload_logits("llmco/flaky", ids, env={"HF_HOME": str(tmp_path / "fresh")})
+    assert (res.model(ids).logits.float() - got).abs().max().item() < 1e-4
+
+
+def test_run_pushes_with_the_cli(hub, tiny_model_dir, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nstages:\n- method: rtn\n  bits: 8\n  group_size: 64\npush_to_hub: llmco/from-recipe\n")
+    assert main(["run", str(recipe), "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"),
+                 "--no-eval", "--no-verify"]) == 0
+    assert "pushed to" in capsys.readouterr().out
+    assert "model.safetensors" in hub.repos["llmco/from-recipe"].head("main").files
+    # --push-to-hub overrides the recipe
+    assert main(["run", str(recipe), "--model", str(tiny_model_dir), "--output", str(tmp_path / "o2"),
+                 "--no-eval", "--no-verify", "--push-to-hub", "tester/other", "--private"]) == 0
+    assert hub.repos["tester/other"].private
+
+
+def test_bad_inputs(hub, tmp_path, monkeypatch):
+    with pytest.raises(HubError, match="not a directory"):
+        push(tmp_path / "missing", "llmco/x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HubError, match="config.json"):
+        push(tmp_path / "empty", "llmco/x")
+    with pytest.raises(ConfigError, match="push_to_hub"):
+        Recipe.from_dict({"stages": [{"method": "rtn"}], "push_to_hub": "no slash"})
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HubError, match="HF_TOKEN"):
+        compress("x", Recipe(stages=[RTNConfig()], name="t"), tmp_path / "o", push_to_hub="llmco/x")
+    with pytest.raises(ConfigError, match="output"):
+        compress("x", Recipe(stages=[RTNConfig()], name="t"), None, push_to_hub="llmco/x")
+    assert hub.requests == []
