@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .evaluate import Measurement
 from .report import markdown
 
@@ -13,8 +15,8 @@ PIP_FOR_FORMAT = {
 }
 
 
-def base_license(source) -> str:
-    """The base model's licence from its own model card, when there is one to read."""
+def _base_card(source) -> dict:
+    """The metadata of the base model's own card (local README.md, or the Hub's), if readable."""
     from huggingface_hub.repocard import metadata_load
 
     readme = None
@@ -25,15 +27,43 @@ def base_license(source) -> str:
             from huggingface_hub import hf_hub_download
 
             readme = hf_hub_download(source.hub_id, "README.md")
-        except Exception:  # offline, gated, no card: the licence is simply unknown
-            return ""
+        except Exception:  # offline, gated, no card: nothing is known
+            return {}
     if readme is None:
-        return ""
+        return {}
     try:
-        license = (metadata_load(readme) or {}).get("license", "")
+        return metadata_load(readme) or {}
     except Exception:  # a malformed card upstream must not stop the run
-        return ""
-    return license if isinstance(license, str) else ""
+        return {}
+
+
+def _is_repo_id(name) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(name, str) or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def base_model_and_license(source) -> tuple[str | None, str]:
+    """``base_model`` must be a Hub repo id (the Hub rejects local paths): the source's hub id,
+    else the ``base_model`` its own card names; the licence from the alias or that card."""
+    meta = None
+    base = getattr(source, "hub_id", None)
+    if not _is_repo_id(base):
+        meta = _base_card(source)
+        base = meta.get("base_model")
+        base = base[0] if isinstance(base, list) and len(base) == 1 else base
+        base = base if _is_repo_id(base) else None
+    license = getattr(source, "license", "")
+    if not license:
+        meta = _base_card(source) if meta is None else meta
+        license = meta.get("license", "") if isinstance(meta.get("license", ""), str) else ""
+    return base, license
 
 
 def _versions(weights_format: str) -> str:
@@ -58,18 +88,21 @@ def model_card(recipe, source, columns: list[Measurement] | None, weights_format
     """A model card naming the base model, the methods, the metrics and how to load it."""
     kinds = recipe.kinds
     methods = [s.METHOD for s in recipe.stages]
-    lines = ["---", f"base_model: {source.base_model}"]
-    if "quantized" in kinds:
-        lines.append("base_model_relation: quantized")
-    elif "distilled" in kinds:
-        lines.append("base_model_relation: finetune")
-    license = getattr(source, "license", "") or base_license(source)
+    base, license = base_model_and_license(source)
+    lines = ["---"]
+    if base:
+        lines.append(f"base_model: {base}")
+        if "quantized" in kinds:
+            lines.append("base_model_relation: quantized")
+        elif "distilled" in kinds:
+            lines.append("base_model_relation: finetune")
     if license:
         lines.append(f"license: {license}")
     lines += ["library_name: transformers", "pipeline_tag: text-generation", "tags:", "- llmcompress"]
     lines += [f"- {m}" for m in methods]
-    lines += ["---", "", f"# {source.base_model} ({recipe.name})", ""]
-    lines.append(f"Compressed with llmcompress from `{source.base_model}`: {', '.join(methods)}.")
+    origin = source.hub_id or base or Path(str(source.spec)).name
+    lines += ["---", "", f"# {origin} ({recipe.name})", ""]
+    lines.append(f"Compressed with llmcompress from `{origin}`: {', '.join(methods)}.")
     if recipe.description:
         lines += ["", recipe.description]
     if columns:

@@ -76,3 +76,21 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # unless LLMCOMPRESS_CACHE is set by the caller (CI sets it to reuse the converted SmolLM2).
     if "LLMCOMPRESS_TEST_CACHE" in os.environ:
         monkeypatch.setenv("LLMCOMPRESS_CACHE", os.environ["LLMCOMPRESS_TEST_CACHE"])
+
+
+@pytest.fixture()
+def hub(monkeypatch, tmp_path):
+    """A loopback Hub (tests/hub_server.py) with HF_ENDPOINT / HF_TOKEN pointing at it."""
+    import huggingface_hub.constants
+
+    from tests.hub_server import Hub
+
+    # The suite runs offline (HF_HUB_OFFLINE above); these tests talk to the loopback Hub only.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    server = Hub().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", server.token)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login, empty cache
+    yield server
+    server.stop()

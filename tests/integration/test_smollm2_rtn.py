@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from llmcompress import EvaluationConfig, Recipe, compress
+from llmcompress.hub import push
 from llmcompress.methods.rtn import RTNConfig
 from llmcompress.verify import reference_ids, reload_logits
 
 pytestmark = pytest.mark.integration
 
 
-def test_rtn_int4_smollm2_end_to_end(smollm2, tmp_path):
+def test_rtn_int4_smollm2_end_to_end(smollm2, tmp_path, hub):
     recipe = Recipe(stages=[RTNConfig(bits=4, group_size=64, observer="mse")], name="it-rtn")
     ev = EvaluationConfig(max_tokens=2048, seq_len=512, latency=False)
     out = tmp_path / "smollm2-rtn"
@@ -26,3 +27,8 @@ def test_rtn_int4_smollm2_end_to_end(smollm2, tmp_path):
     got = reload_logits(out, ids)
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
     assert res.after.size_on_disk_mb < 0.4 * res.before.size_on_disk_mb
+
+    # Pushed to a (loopback) Hub and downloaded into an empty cache: the same logits.
+    assert push(out, "llmco/smollm2-rtn-int4").changed
+    got = reload_logits("llmco/smollm2-rtn-int4", ids, env={"HF_HOME": str(tmp_path / "empty-cache")})
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)

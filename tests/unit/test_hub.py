@@ -8,7 +8,6 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from tests.hub_server import Hub
 from llmcompress import Recipe, compress
 from llmcompress.cli import main
 from llmcompress.data import EvaluationConfig
@@ -20,26 +19,14 @@ from llmcompress.verify import reference_ids, reload_logits
 EVAL = EvaluationConfig(max_tokens=256, seq_len=64, latency=False)
 
 
-@pytest.fixture()
-def hub(monkeypatch, tmp_path):
-    import huggingface_hub.constants
-
-    # The test suite runs offline (conftest); these tests talk to the loopback Hub only.
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    server = Hub().start()
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("HF_TOKEN", server.token)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login, empty cache
-    yield server
-    server.stop()
-
-
 @pytest.fixture(scope="module")
 def quantized(tiny_model_dir, tmp_path_factory):
     """A tiny model, RTN int4, written with its report and model card."""
+    base = tmp_path_factory.mktemp("base") / "tiny"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "README.md").write_text("---\nbase_model: someone/tiny-base\nlicense: mit\n---\n# tiny\n")
     out = tmp_path_factory.mktemp("pushed") / "tiny-int4"
-    res = compress(str(tiny_model_dir), Recipe(stages=[RTNConfig(bits=4, group_size=64)], name="tiny-int4"),
+    res = compress(str(base), Recipe(stages=[RTNConfig(bits=4, group_size=64)], name="tiny-int4"),
                    out, evaluation=EVAL, verify=False)
     return out, res
 
@@ -67,11 +54,12 @@ def test_round_trip_through_hub(hub, quantized, tmp_path, caplog):
 
     card_text = hub.repos["llmco/tiny-int4"].head("main").files["README.md"].content.decode()
     card = ModelCard(card_text)
-    assert card.data.base_model and card.data.base_model_relation == "quantized"
+    assert card.data.base_model == "someone/tiny-base" and card.data.base_model_relation == "quantized"
+    assert card.data.license == "mit"
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
     assert {"llmcompress", "rtn"} <= set(card.data.tags)
     assert 'from_pretrained("llmco/tiny-int4")' in card_text and "PATH_OR_REPO_ID" not in card_text
-    assert "| perplexity |" in card_text and "pip install transformers compressed-tensors" in card_text
+    assert "| perplexity |" in card_text and "Perplexity on wiki_eval" in card_text and "pip install transformers compressed-tensors" in card_text
     assert yaml.safe_load(card_text.split("```yaml")[1].split("```")[0])["stages"][0]["method"] == "rtn"
 
     # Unchanged files: no new commit. The local folder was never touched.
@@ -179,3 +167,17 @@ def test_bad_inputs(hub, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="output"):
         compress("x", Recipe(stages=[RTNConfig()], name="t"), None, push_to_hub="llmco/x")
     assert hub.requests == []
+
+
+def test_card_never_names_a_local_path_as_base_model(tmp_path):
+    from llmcompress.card import model_card
+    from llmcompress.models import ModelSource
+
+    source = ModelSource(spec=str(tmp_path / "my-model"), kind="dir", path=tmp_path)
+    card = ModelCard(model_card(Recipe(stages=[RTNConfig()], name="t"), source, None, "compressed-tensors"))
+    assert card.data.base_model is None and "llmcompress" in card.data.tags
+    assert "# my-model (t)" in card.text
+    alias = ModelSource(spec="smollm2-135m", kind="alias", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+                        license="apache-2.0")
+    card = ModelCard(model_card(Recipe(stages=[RTNConfig()], name="t"), alias, None, "compressed-tensors"))
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
