@@ -61,7 +61,7 @@ def test_masks_survive_gptq(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [(dict(sparsity=1.0), "in \\[0, 1\\)"), (dict(sparsity=-0.1), "in \\[0, 1\\)"),
-                                        (dict(scope="row"), "'scope' must be one of")])
+                                        (dict(scope="rows"), "'scope' must be one of")])
 def test_bad_configs(bad, match):
     with pytest.raises(ConfigError, match=match):
         PruneConfig(**bad)

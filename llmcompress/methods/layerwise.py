@@ -1,0 +1,118 @@
+"""Calibrated methods' common driver on top of the calibration engine (GPTQ, SparseGPT, Wanda).
+
+For each decoder layer (:func:`llmcompress.calibration.run_layerwise`), and inside it for
+each true-sequential group (q/k/v, o, gate/up, down), the driver collects a statistic of
+the selected modules' inputs (a Hessian, column norms), hands the weights to the method's
+``update`` to modify in place, and makes later groups see the modified weights. Modules fed
+the very same input tensor (q/k/v, gate/up) share one statistic, collected once.
+
+Forwards run in the calibration dtype (bf16 by default) on copies of the weights; the
+method reads and writes the full-precision master weights.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..calibration import run_layerwise
+from ..errors import DataError
+from ..modeling import finished_submodule, sequential_groups
+from ..models import DTYPES
+
+# accumulate(state or None, inputs [..., cols], count) -> (state, count)
+Accumulate = Callable[[Any, torch.Tensor, int], tuple[Any, int]]
+# update(names, modules, master weights, statistic, option) -> per-call stats dict or None
+Update = Callable[[list[str], list[nn.Module], list[torch.Tensor], Any, Any], dict | None]
+
+
+class SharedInputs:
+    """Input statistics of one group's modules, one per distinct input tensor."""
+
+    def __init__(self, members: int, accumulate: Accumulate):
+        self.members, self.accumulate = members, accumulate
+        self.owner: dict[str, int] = {}
+        self.leader: dict[int, str] = {}
+        self.first_input: dict[int, torch.Tensor] = {}
+        self.stat: dict[int, Any] = {}
+        self.count: dict[int, int] = {}
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        if name not in self.owner:
+            key = next((k for k, t in self.first_input.items() if t is x), None)
+            if key is None:
+                key = len(self.leader)
+                self.leader[key], self.first_input[key], self.count[key] = name, x, 0
+            self.owner[name] = key
+        key = self.owner[name]
+        if self.leader[key] != name:
+            return
+        if len(self.owner) == self.members:
+            self.first_input.clear()  # every module has been seen: sharing is settled
+        self.stat[key], self.count[key] = self.accumulate(self.stat.get(key), x, self.count[key])
+
+
+def check_finite(model: nn.Module, names, method: str) -> None:
+    mods = dict(model.named_modules())
+    for name in names:
+        if not torch.isfinite(mods[name].weight).all():
+            raise DataError(f"layer '{name}' has NaN or infinite weights; {method} cannot process it. "
+                            "Check the checkpoint.")
+
+
+def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[str, Any], accumulate: Accumulate,
+                        update: Update, *, calibration_dtype: str = "bfloat16", true_sequential: bool = True,
+                        batch_size: int = 8, desc: str = "calibrating") -> dict:
+    """Run ``update`` on every module of ``todo`` (full name -> option), layer by layer.
+
+    Modules that share an input and have equal options are handed to ``update`` together
+    (GPTQ stacks their rows). Returns ``{"layers": {names: stats}, "layer_seconds": [...]}``.
+    """
+    calib_dtype = None if calibration_dtype == "auto" else DTYPES[calibration_dtype]
+    stats: dict = {"layers": {}}
+
+    def process(index: int, prefix: str, layer: nn.Module, runner):
+        params = dict(layer.named_parameters())
+        master = {n: p.data for n, p in params.items()}
+        cast = calib_dtype is not None and any(t.dtype != calib_dtype for t in master.values())
+
+        def forward_weights():
+            if cast:
+                for n, p in params.items():
+                    p.data = master[n].to(calib_dtype)
+
+        forward_weights()
+        groups = sequential_groups(layer)
+        if not true_sequential:
+            groups = [[m for g in groups for m in g]]
+        for group in groups:
+            members = {n: m for n, m in group if f"{prefix}.{n}" in todo}
+            if not members:
+                continue
+            bank = SharedInputs(len(members), accumulate)
+            runner.observe(members, bank.add)
+            batches: dict[tuple, list[str]] = {}
+            for n in members:
+                batches.setdefault((bank.owner[n], repr(todo[f"{prefix}.{n}"])), []).append(n)
+            for (key, _), names in batches.items():
+                t0 = time.perf_counter()
+                full = [f"{prefix}.{n}" for n in names]
+                info = update(full, [members[n] for n in names], [master[f"{n}.weight"] for n in names],
+                              bank.stat[key], todo[full[0]]) or {}
+                info["seconds"] = round(time.perf_counter() - t0, 3)
+                stats["layers"][f"{prefix}.{'+'.join(names)}"] = info
+            forward_weights()  # later groups see this group's new weights
+            for n in members:
+                done = finished_submodule(layer, n)
+                if done is not None:
+                    runner.freeze(done)  # e.g. attention: later passes replay its outputs
+        if cast:
+            return lambda: [setattr(p, "data", master[n]) for n, p in params.items()]
+        return None
+
+    stats["layer_seconds"] = run_layerwise(model, ids, process, device, batch_size=batch_size, desc=desc,
+                                           dtype=calib_dtype)
+    return stats

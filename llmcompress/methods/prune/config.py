@@ -1,0 +1,54 @@
+"""Options shared by the unstructured pruning methods (magnitude, Wanda, SparseGPT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ...errors import ConfigError
+from ...modeling import DEFAULT_IGNORE, linear_layers
+from ...registry import MethodConfig
+from .masks import parse_pattern
+
+
+@dataclass
+class SparsityConfig(MethodConfig):
+    """``sparsity`` (fraction removed) or an N:M ``pattern``, on the selected Linear layers."""
+
+    KIND: ClassVar[str] = "pruned"
+
+    sparsity: float | None = field(default=None, metadata={"help": "fraction of the targeted weights set to zero, in [0, 1) (default 0.5, or the pattern's)"})
+    pattern: str | None = field(default=None, metadata={"help": "N:M semi-structured sparsity, e.g. 2:4 (N kept in every M inputs)"})
+    targets: list[str] = field(default_factory=lambda: ["Linear"], metadata={"help": "module suffixes / re: regexes"})
+    ignore: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORE), metadata={"help": "modules left dense"})
+
+    def __post_init__(self):
+        if self.pattern is not None:
+            n, m = parse_pattern(self.pattern)
+            implied = 1 - n / m
+            if self.sparsity is not None and abs(self.sparsity - implied) > 1e-9:
+                raise ConfigError(f"pattern {self.pattern} removes {implied:g} of the weights but sparsity is "
+                                  f"{self.sparsity}: drop 'sparsity' or set it to {implied:g}", "sparsity")
+            self.sparsity = implied
+        if self.sparsity is None:
+            self.sparsity = 0.5
+        if not 0 <= self.sparsity < 1:
+            raise ConfigError(f"'sparsity' must be in [0, 1); got {self.sparsity}", "sparsity")
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return parse_pattern(self.pattern) if self.pattern else None
+
+    def select(self, model) -> dict:
+        """The Linear layers to prune; checks that an N:M pattern fits every one of them."""
+        targets = None if self.targets in (["Linear"], []) else self.targets
+        layers = linear_layers(model, targets, self.ignore)
+        if not layers:
+            raise ConfigError(f"targets {self.targets} (ignore {self.ignore}) select no Linear layer", "targets")
+        if self.nm:
+            m = self.nm[1]
+            bad = [n for n, mod in layers.items() if mod.in_features % m]
+            if bad:
+                raise ConfigError(f"pattern {self.pattern}: {len(bad)} layers have input widths not divisible by "
+                                  f"{m} ({bad[0]}, ...); ignore them or pick another M", "pattern")
+        return layers

@@ -1,0 +1,72 @@
+"""SparseGPT recipe stage: one-shot pruning with weight reconstruction (see :mod:`.sparsegpt`).
+
+Recipe::
+
+    - method: sparsegpt
+      sparsity: 0.5          # or pattern: "2:4"
+      damp: 0.01
+    calibration: {source: wiki_calib, num_samples: 128, seq_len: 512}
+
+Calibrated layer by layer through the same engine and Hessians as GPTQ; a following
+``gptq`` stage keeps the zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ...config import check_choice, check_range
+from ...registry import register_method
+from ..gptq.gptq import accumulate_hessian
+from ..layerwise import calibrate_layerwise, check_finite
+from ..prune.apply import per_layer_sparsity
+from ..prune.config import SparsityConfig
+from .sparsegpt import sparsegpt_prune
+
+
+@dataclass
+class SparseGPTConfig(SparsityConfig):
+    """SparseGPT (see module docstring)."""
+
+    NEEDS_CALIBRATION: ClassVar[bool] = True
+
+    damp: float = field(default=0.01, metadata={"help": "dampening, fraction of the mean Hessian diagonal"})
+    block_size: int = field(default=128, metadata={"help": "columns per mask-selection block"})
+    true_sequential: bool = field(default=True, metadata={"help": "prune q/k/v, o, gate/up, down in turn, each on inputs that carry the earlier error"})
+    batch_size: int = field(default=8, metadata={"help": "calibration samples per layer forward"})
+    calibration_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the calibration forwards (Hessians accumulate in float32): bfloat16 | float32 | float16 | auto"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("damp", self.damp, 0, 1, lo_open=True)
+        check_range("block_size", self.block_size, 1)
+        check_range("batch_size", self.batch_size, 1)
+        check_choice("calibration_dtype", self.calibration_dtype, ("auto", "float32", "bfloat16", "float16"))
+
+
+@register_method("sparsegpt", SparseGPTConfig)
+@torch.no_grad()
+def apply_sparsegpt(model, cfg: SparseGPTConfig, ctx):
+    layers = cfg.select(model)
+    check_finite(model, layers, "SparseGPT")
+
+    def update(names, modules, weights, H, _):
+        # Modules sharing an input are pruned as one stack (rows are independent given H),
+        # with each one's mask chosen on its own rows.
+        res = sparsegpt_prune(torch.cat(weights), H, sparsity=cfg.sparsity, nm=cfg.nm,
+                              row_splits=[w.shape[0] for w in weights], block_size=cfg.block_size,
+                              damp=cfg.damp, name=names[0])
+        row = 0
+        for w in weights:
+            w.copy_(res.weight[row : row + w.shape[0]])
+            row += w.shape[0]
+        return {"loss": res.loss, "damp": res.damp}
+
+    stats = calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, {n: None for n in layers},
+                                accumulate_hessian, update, calibration_dtype=cfg.calibration_dtype,
+                                true_sequential=cfg.true_sequential, batch_size=cfg.batch_size, desc="sparsegpt")
+    ctx.notes["prune"] = {"per_layer_sparsity": per_layer_sparsity(layers), **stats}
+    return model
