@@ -138,8 +138,14 @@ def compress(
                                     hub_id=getattr(model.config, "_name_or_path", None))
         if tokenizer is None:
             raise ConfigError("pass tokenizer= along with a loaded model", "tokenizer")
+        for stage in recipe.stages:
+            stage.check_model(model.config)
     else:
         source = models.resolve(str(model))
+        config = models.load_config(source)
+        if config is not None:
+            for stage in recipe.stages:
+                stage.check_model(config)
         if at_load and eval_cfg is not None:
             # Methods applied at load time never hold the original: measure it first, in the
             # dtype the quantized model keeps for its other modules (bf16 by default).
