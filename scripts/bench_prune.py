@@ -1,54 +1,140 @@
-"""Magnitude pruning: per-layer against global against scale-normalized global, and the cost of
-the exact global threshold against torch.nn.utils.prune.global_unstructured.
+"""Pruning: perplexity of magnitude (per layer, global, scale-normalized global), Wanda and
+SparseGPT at 50% and 2:4, structured MLP pruning, beside llm-compressor's Wanda and SparseGPT on
+the same calibration tokens; and the cost of the exact global threshold against
+torch.nn.utils.prune.global_unstructured.
 
-One run, one table, written to BENCHMARKS.md (section ``prune``). Wanda, SparseGPT, 2:4 and
-llm-compressor's pruners join this table when those methods land.
+One run, one table, written to BENCHMARKS.md (section ``prune``). llm-compressor runs in its own
+virtual environment (scripts/setup_anchor_venvs.sh); every output is evaluated here, by the same code.
 
-Usage: python scripts/bench_prune.py [--models smollm2-135m] [--sparsity 0.5]
+Usage: python scripts/bench_prune.py [--models smollm2-135m qwen2.5-coder-0.5b] [--samples 32 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import shutil
+import tempfile
+from pathlib import Path
 
-from _bench import ROOT, machine, run_child, this_python, write_section
+import torch
+
+from _bench import ROOT, machine, python_of, run_child, this_python, write_section
 from llmcompress import models
-from llmcompress.data import EvaluationConfig, evaluation_windows
+from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
 from llmcompress.evaluate import perplexity
 from llmcompress.methods.prune import PruneConfig, apply_prune
+from llmcompress.modeling import count_parameters
+
+TEXTS = ("wiki_eval", "python_docs")
+OURS = [("Wanda 50%", {"method": "wanda", "sparsity": 0.5}),
+        ("SparseGPT 50%", {"method": "sparsegpt", "sparsity": 0.5}),
+        ("Wanda 2:4", {"method": "wanda", "pattern": "2:4"}),
+        ("SparseGPT 2:4", {"method": "sparsegpt", "pattern": "2:4"}),
+        ("structured: 25% of MLP channels removed", {"method": "prune_structured", "mlp_ratio": 0.25})]
+ANCHORS = [("Wanda 50%", "wanda", "0.5"), ("SparseGPT 50%", "sparsegpt", "0.5"),
+           ("Wanda 2:4", "wanda", "2:4"), ("SparseGPT 2:4", "sparsegpt", "2:4")]
+
+
+def ppl(model, windows) -> dict:
+    return {t: perplexity(model, w, desc=f"ppl {t}")[0] for t, w in windows.items()}
+
+
+def evaluate_dir(path, windows) -> tuple[dict, int]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    out = ppl(model, windows), count_parameters(model)
+    del model
+    gc.collect()
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m"])
-    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    ap.add_argument("--samples", nargs="+", type=int, default=[32, 32], help="calibration windows per model")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--sparsity", type=float, default=0.5, help="magnitude pruning sparsity")
+    ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
+    ap.add_argument("--anchors", nargs="*", default=None, help="anchor runs to include (default all): "
+                    + ", ".join(a[0] for a in ANCHORS))
+    ap.add_argument("--anchor-models", nargs="*", default=["smollm2-135m"],
+                    help="models llm-compressor runs on (its CPU pruning is slow: ~15 s per calibration window on SmolLM2)")
+    ap.add_argument("--threshold-models", nargs="*", default=["smollm2-135m"],
+                    help="models for the global-threshold timing (torch.nn.utils.prune needs ~40x the weights in RAM)")
+    ap.add_argument("--work", default=None)
     args = ap.parse_args()
-    rows, cost = [], []
-    for alias in args.models:
-        model, tok, src = models.load(alias)
-        windows = evaluation_windows(tok, EvaluationConfig(max_tokens=2048, seq_len=512))
-        dense = perplexity(model, windows)[0]
-        rows.append(f"| {alias} | dense | {dense:.2f} |")
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_prune_"))
+    work.mkdir(parents=True, exist_ok=True)
+    anchor = python_of(args.anchor_venv)
+    rows, cost, raw = [], [], {}
+    for alias, n_samples in zip(args.models, args.samples + args.samples[-1:] * len(args.models)):
+        model, tok, src = models.load(alias, dtype="float32")
+        ids = calibration_batches(tok, CalibrationConfig(num_samples=n_samples, seq_len=args.seq_len, seed=0))
+        ids_path = work / f"{alias}-ids.pt"
+        torch.save(ids, ids_path)
+        windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=2048, seq_len=512)) for t in TEXTS}
+        params = count_parameters(model)
+        res = {"dense": {"ppl": ppl(model, windows), "params": params}}
         del model
         for scope in ("layer", "global", "global_normalized"):
-            model, _, _ = models.load(src)
+            model, _, _ = models.load(src, dtype="float32")
             apply_prune(model, PruneConfig(sparsity=args.sparsity, scope=scope))
-            rows.append(f"| {alias} | magnitude, {scope} | {perplexity(model, windows)[0]:.2f} |")
+            res[f"magnitude {args.sparsity:.0%}, {scope}"] = {"ppl": ppl(model, windows), "params": params}
             del model
             gc.collect()
-        res = {tool: run_child([this_python(), str(ROOT / "scripts/anchors/global_prune.py"), tool, str(src.path),
-                                str(args.sparsity)]) for tool in ("torch", "llmcompress", "llmcompress-materialized")}
-        for tool, r in res.items():
+        model, _, _ = models.load(src, dtype="float32")
+        apply_prune(model, PruneConfig(pattern="2:4"))
+        res["magnitude 2:4"] = {"ppl": ppl(model, windows), "params": params}
+        del model
+        runs = [(f"llmcompress {label}", [this_python(), str(ROOT / "scripts/anchors/llmcompress_prune.py"),
+                                          json.dumps(stage), str(src.path), str(ids_path)]) for label, stage in OURS]
+        if anchor and alias in args.anchor_models:
+            runs += [(f"llm-compressor {label}", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_prune.py"),
+                                                  method, str(src.path), str(ids_path), pattern])
+                     for label, method, pattern in ANCHORS if args.anchors is None or label in args.anchors]
+        elif not anchor:
+            print(f"llm-compressor venv not found at {args.anchor_venv}: run scripts/setup_anchor_venvs.sh")
+        for label, cmd in runs:
+            out = work / f"{alias}-{label.replace(' ', '_').replace(':', '').replace('%', '')}"
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"[{alias}] {label} ...", flush=True)
+            info = run_child(cmd + [str(out)])
+            info["ppl"], info["params"] = evaluate_dir(out, windows)
+            res[label] = info
+            shutil.rmtree(out, ignore_errors=True)
+        raw[alias] = {"samples": n_samples, **res}
+        (work / "results.json").write_text(json.dumps(raw, indent=2))
+        for label, info in res.items():
+            cells = " | ".join(f"{info['ppl'][t]:.2f}" for t in TEXTS)
+            t = f"{info['prune_s']:.0f}" if "prune_s" in info else "-"
+            mem = f"{info['peak_rss_mb']:.0f}" if "peak_rss_mb" in info else "-"
+            rows.append(f"| {alias} | {label} | {cells} | {info['params'] / 1e6:.1f}M | {t} | {mem} |")
+
+        if alias not in args.threshold_models:
+            continue
+        timing = {tool: run_child([this_python(), str(ROOT / "scripts/anchors/global_prune.py"), tool, str(src.path),
+                                   str(args.sparsity)]) for tool in ("torch", "llmcompress", "llmcompress-materialized")}
+        for tool, r in timing.items():
             cost.append(f"| {alias} | {tool} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | "
                         f"{r['peak_rss_mb'] - r['rss_after_load_mb']:.0f} | {r['zeros']:,} |")
         for tool in ("llmcompress", "llmcompress-materialized"):
-            cost.append(f"| {alias} | speedup of {tool} | {res['torch']['seconds'] / res[tool]['seconds']:.1f}x | | | "
-                        f"same count: {res[tool]['zeros'] == res['torch']['zeros']} |")
+            cost.append(f"| {alias} | speedup of {tool} | {timing['torch']['seconds'] / timing[tool]['seconds']:.1f}x | | | "
+                        f"same count: {timing[tool]['zeros'] == timing['torch']['zeros']} |")
+    samples = ", ".join(f"{m}: {n}" for m, n in zip(args.models, args.samples + args.samples[-1:] * len(args.models)))
     table = (
-        f"## Magnitude pruning, {args.sparsity:.0%} of the Linear weights (lm_head kept)\n\n"
-        f"`python scripts/bench_prune.py` (one run; {machine()}). Perplexity on the first 2048 tokens of "
-        "`wiki_eval` (512-token windows).\n\n| model | method | perplexity |\n|---|---|---|\n" + "\n".join(rows) +
+        "## Pruning: magnitude, Wanda, SparseGPT, 2:4 and structured, beside llm-compressor\n\n"
+        f"`python scripts/bench_prune.py` (one run; {machine()}). All Linear layers but lm_head. Calibration "
+        f"for the calibrated methods: random {args.seq_len}-token windows of the built-in `wiki_calib` text, seed 0, "
+        f"the same token ids for llmcompress and llm-compressor ({samples} windows). Perplexity on the first 2048 "
+        "tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` (another domain), "
+        "every output evaluated by the same code in float32. Prune time and peak RSS are measured inside each "
+        "tool's own child process (model load excluded from the time, included in the memory); '-' for the "
+        "in-process magnitude runs.\n\n"
+        "| model | method | ppl wiki_eval | ppl python_docs | parameters | prune (s) | peak RSS (MB) |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
         "\n\nGlobal threshold and masking, each tool in its own process (fp32 model; peak RSS includes the "
         "model, the growth column is the peak above the loaded model; `llmcompress-materialized` copies the "
         "weights into fresh memory before the timer starts, which removes the cost of the first write "
