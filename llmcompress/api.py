@@ -209,6 +209,9 @@ def compress(
             if cols:
                 report.write(cols, tmp, stem="llmcompress_report", title=recipe.name,
                              extra={"recipe": recipe.to_dict(), "notes": ctx.notes, "source": source.spec})
+            per_layer = ctx.notes.get("prune", {}).get("per_layer_sparsity")
+            if per_layer:
+                report.sparsity_heatmap(per_layer, tmp / "llmcompress_sparsity.png")
             (tmp / "README.md").write_text(model_card(recipe, source, cols, fmt))
             if verify:
                 if fmt == GPTQ_FORMAT and importlib.util.find_spec("gptqmodel") is None:

@@ -86,13 +86,72 @@ def chart(columns: list[Measurement], path: str | Path) -> Path | None:
     return path
 
 
+def _per_layer_grid(per_layer: dict[str, float]):
+    """``(layer indices, module names, matrix)`` from ``{"model.layers.3.mlp.up_proj": 0.5, ...}``."""
+    import re
+
+    cells, layers, kinds = {}, [], []
+    for name, value in per_layer.items():
+        m = re.search(r"layers\.(\d+)\.(.+)$", name)
+        if not m:
+            continue
+        i, kind = int(m.group(1)), m.group(2).split(".")[-1]
+        cells[(i, kind)] = value
+        if i not in layers:
+            layers.append(i)
+        if kind not in kinds:
+            kinds.append(kind)
+    return sorted(layers), kinds, [[cells.get((i, k)) for k in kinds] for i in sorted(layers)]
+
+
+def sparsity_markdown(per_layer: dict[str, float]) -> str:
+    """Per-layer sparsity as a table: one row per decoder layer, one column per Linear."""
+    layers, kinds, grid = _per_layer_grid(per_layer)
+    if not layers:
+        return ""
+    lines = ["| layer | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for i, row in zip(layers, grid):
+        lines.append(f"| {i} | " + " | ".join("-" if v is None else f"{v:.1%}" for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sparsity_heatmap(per_layer: dict[str, float], path: str | Path) -> Path | None:
+    """A layers x modules heatmap of the fraction of zero weights."""
+    layers, kinds, grid = _per_layer_grid(per_layer)
+    if not layers:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(kinds), 1.2 + 0.22 * len(layers)))
+    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(kinds)), kinds, rotation=30, fontsize=8)
+    ax.set_yticks(range(len(layers)), [str(i) for i in layers], fontsize=7)
+    ax.set_ylabel("decoder layer")
+    ax.set_title("fraction of zero weights", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write(columns: list[Measurement], folder: str | Path, stem: str = "report", title: str | None = None,
           extra: dict | None = None) -> dict[str, Path]:
     """Write ``{stem}.md``, ``{stem}.json`` and ``{stem}.png`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     md = folder / f"{stem}.md"
-    md.write_text(markdown(columns, title))
+    text = markdown(columns, title)
+    per_layer = ((extra or {}).get("notes") or {}).get("prune", {}).get("per_layer_sparsity")
+    if per_layer:
+        text += "\n### Sparsity per layer\n\n" + sparsity_markdown(per_layer)
+    md.write_text(text)
     js = folder / f"{stem}.json"
     js.write_text(json.dumps({"columns": [c.to_dict() for c in columns], **(extra or {})}, indent=2, default=str))
     out = {"markdown": md, "json": js}

@@ -138,6 +138,7 @@ def test_calibrated_pruning_saved_equals_in_memory(tiny_model_dir, tmp_path, sta
         elif stage.METHOD == "wanda":
             assert ((w == 0).sum(1) == w.shape[1] // 2).all()
     assert res.notes["prune"]["per_layer_sparsity"]
+    assert (tmp_path / "p" / "llmcompress_sparsity.png").stat().st_size > 1000
 
 
 def test_sparsegpt_then_gptq_keeps_zeros(tiny_model_dir, tmp_path):
@@ -149,3 +150,14 @@ def test_sparsegpt_then_gptq_keeps_zeros(tiny_model_dir, tmp_path):
     ids = reference_ids(512)
     with torch.no_grad():
         torch.testing.assert_close(reload_logits(tmp_path / "sq", ids), res.model(ids).logits, rtol=0, atol=0)
+
+
+def test_report_lists_sparsity_per_layer(tiny_model_dir, tmp_path):
+    from llmcompress.data import EvaluationConfig
+
+    compress(str(tiny_model_dir), Recipe(stages=[PruneConfig(sparsity=0.5, scope="global_normalized")], name="g"),
+             tmp_path / "g", evaluation=EvaluationConfig(max_tokens=256, seq_len=64, latency=False), verify=False)
+    text = (tmp_path / "g" / "llmcompress_report.md").read_text()
+    assert "### Sparsity per layer" in text and "| layer | q_proj | k_proj |" in text
+    rows = [l for l in text.splitlines() if l.startswith("| 0 |") or l.startswith("| 1 |")]
+    assert len(rows) == 2 and all("%" in r for r in rows)
