@@ -145,7 +145,7 @@ def compress(
         config = models.load_config(source)
         if config is not None:
             for stage in recipe.stages:
-                stage.check_model(config)
+                stage.check_model(config, source)
         if at_load and eval_cfg is not None:
             # Methods applied at load time never hold the original: measure it first, in the
             # dtype the quantized model keeps for its other modules (bf16 by default).
@@ -177,6 +177,7 @@ def compress(
             return cache["ids"]
 
         ctx.calibration = calibration_ids
+        ctx.notes["calibration_source"] = f"{calib_cfg.source}, seed {calib_cfg.seed}"
 
     if windows is None and eval_cfg is not None:
         windows = data_mod.evaluation_windows(tokenizer, eval_cfg, calib_cfg if needs_calib else None)
@@ -212,7 +213,7 @@ def compress(
             per_layer = ctx.notes.get("prune", {}).get("per_layer_sparsity")
             if per_layer:
                 report.sparsity_heatmap(per_layer, tmp / "llmcompress_sparsity.png")
-            (tmp / "README.md").write_text(model_card(recipe, source, cols, fmt))
+            (tmp / "README.md").write_text(model_card(recipe, source, cols, fmt, ctx.notes))
             if verify:
                 if fmt == GPTQ_FORMAT and importlib.util.find_spec("gptqmodel") is None:
                     # transformers needs optimum + gptqmodel to load v1 checkpoints; without

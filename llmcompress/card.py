@@ -84,7 +84,20 @@ def _versions(weights_format: str) -> str:
 REPO_PLACEHOLDER = "PATH_OR_REPO_ID"
 
 
-def model_card(recipe, source, columns: list[Measurement] | None, weights_format: str) -> str:
+def _distill_section(d: dict) -> list[str]:
+    lines = ["", "## Distillation", "",
+             f"Student trained on the next-token distribution of `{d['teacher']}` "
+             f"({d['teacher_parameters']:,} parameters; the student has {d['student_parameters']:,}).", "",
+             "| | |", "|---|---|",
+             f"| loss | {d['loss']} (temperature {d['temperature']}, cross-entropy weight {d['alpha']}) |",
+             f"| teacher signal | {'top-' + str(d['top_k']) + ' logit cache' if d['top_k'] else 'full logits, online'} |",
+             f"| training data | {d['samples']} windows of {d['seq_len']} tokens ({d.get('data', 'calibration text')}) |",
+             f"| steps | {d['steps']} |", f"| tokens seen | {d['tokens']:,} |",
+             f"| final training loss | {d['train_loss']:.4f} |"]
+    return lines
+
+
+def model_card(recipe, source, columns: list[Measurement] | None, weights_format: str, notes: dict | None = None) -> str:
     """A model card naming the base model, the methods, the metrics and how to load it."""
     kinds = recipe.kinds
     methods = [s.METHOD for s in recipe.stages]
@@ -107,6 +120,8 @@ def model_card(recipe, source, columns: list[Measurement] | None, weights_format
         lines += ["", recipe.description]
     if columns:
         lines += ["", "## Evaluation", "", markdown(columns)]
+    if notes and "distill" in notes:
+        lines += _distill_section(notes["distill"])
     pip = PIP_FOR_FORMAT.get(weights_format, PIP_FOR_FORMAT["dense"])
     lines += ["", "## How to load", "", "```bash", pip, "```", "", _versions(weights_format), "", "```python",
               "from transformers import AutoModelForCausalLM, AutoTokenizer",

@@ -47,9 +47,10 @@ class MethodConfig(ConfigBase):
     def check_device(self, device) -> None:
         """Raise :class:`ConfigError` if this stage cannot run on ``device``; called before loading."""
 
-    def check_model(self, config) -> None:
+    def check_model(self, config, source=None) -> None:
         """Raise :class:`ConfigError` if this stage cannot apply to a model with this transformers
-        config (e.g. a ratio that leaves nothing); called before the weights load."""
+        config (e.g. a ratio that leaves nothing); called before the weights load. ``source`` is
+        the model's :class:`~llmcompress.models.ModelSource` (None for a model passed in memory)."""
 
     def load_kwargs(self) -> dict:
         """``from_pretrained`` keyword arguments of an ``AT_LOAD`` method."""

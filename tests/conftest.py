@@ -17,14 +17,14 @@ from llmcompress.data import BUILTIN_DIR  # noqa: E402
 VOCAB = 512
 
 
-def make_tokenizer():
+def make_tokenizer(vocab: int = VOCAB):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     text = (BUILTIN_DIR / "wiki_calib.txt").read_text()[:200_000]
     tok.train_from_iterator([text], trainer)

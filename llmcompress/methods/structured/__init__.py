@@ -89,7 +89,7 @@ class StructuredPruneConfig(MethodConfig):
             raise ConfigError(f"removing {n_drop} of {n_layers} decoder layers would leave none", "drop_layers")
         return {"mlp_keep": mlp_keep, "kv_keep": kv_keep, "n_drop": n_drop}
 
-    def check_model(self, config) -> None:
+    def check_model(self, config, source=None) -> None:
         self.plan(config)
 
 

@@ -1,0 +1,244 @@
+"""Logit distillation: a smaller student learns a larger teacher's next-token distribution.
+
+Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (2015); reverse KL as in
+MiniLLM (Gu et al., 2024); generalized JSD as in GKD (Agarwal et al., 2024). Prune-then-distill
+follows Minitron (Sreenivas et al., 2024).
+
+Recipe (the model being compressed is the student; the calibration section is the training text)::
+
+    - method: distill
+      teacher: qwen2.5-coder-1.5b     # any source the loader takes
+      loss: forward_kl                # forward_kl | reverse_kl | jsd
+      temperature: 2.0
+      alpha: 0.5                      # weight of plain cross-entropy on the labels
+      top_k: 64                       # >0: cache the teacher's top-k logits once, train offline
+      max_steps: 200
+      learning_rate: 5.0e-5
+    calibration: {source: wiki_calib, num_samples: 512, seq_len: 256}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from ...config import check_choice, check_range
+from ...errors import ConfigError
+from ...modeling import count_parameters
+from ...registry import MethodConfig, register_method
+from .losses import LOSSES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillConfig(MethodConfig):
+    """Distillation (see module docstring)."""
+
+    KIND: ClassVar[str] = "distilled"
+    NEEDS_CALIBRATION: ClassVar[bool] = True
+
+    teacher: str = field(default="", metadata={"help": "teacher model: alias, directory, .gguf or hub id"})
+    teacher_dtype: str = field(default="bfloat16", metadata={"help": "teacher weights: bfloat16 | float16 | float32 | int8 | nf4 (bitsandbytes)"})
+    loss: str = field(default="forward_kl", metadata={"help": "forward_kl | reverse_kl | jsd"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature of both models (loss scaled by T^2)"})
+    beta: float = field(default=0.5, metadata={"help": "jsd: weight of the teacher in the mixture"})
+    alpha: float = field(default=0.0, metadata={"help": "weight of cross-entropy on the labels; 1 - alpha on the distillation loss"})
+    top_k: int = field(default=0, metadata={"help": ">0: train from a cache of the teacher's top-k logits (teacher freed); 0: teacher in the loop"})
+    cache_dir: str = field(default="", metadata={"help": "where the logit cache lives (default: ~/.cache/llmcompress/distill/KEY)"})
+    chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk of the loss (bounds its float32 memory)"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name: cosine | linear | constant | ..."})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per device per step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass"})
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA) | bf16 | fp16 | no"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: none)"})
+    checkpoint_dir: str = field(default="", metadata={"help": "where checkpoints go (default: OUTPUT.checkpoints next to the output, or a temp dir)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in checkpoint_dir"})
+    lora_r: int = field(default=0, metadata={"help": ">0: train LoRA adapters of this rank (peft), merged into the output"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling"})
+    seed: int = field(default=0, metadata={"help": "data order and initialisation seed"})
+    logging_steps: int = field(default=10, metadata={"help": "log the loss every N steps"})
+
+    def __post_init__(self):
+        if not self.teacher:
+            raise ConfigError("distill needs a 'teacher' model (alias, directory or hub id)", "teacher")
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("teacher_dtype", self.teacher_dtype, ("bfloat16", "float16", "float32", "int8", "nf4"))
+        check_choice("mixed_precision", self.mixed_precision, ("auto", "bf16", "fp16", "no"))
+        check_range("temperature", self.temperature, 0, lo_open=True)
+        check_range("beta", self.beta, 0, 1)
+        check_range("alpha", self.alpha, 0, 1)
+        check_range("top_k", self.top_k, 0)
+        for key in ("max_steps", "batch_size", "grad_accum", "chunk_size", "logging_steps"):
+            check_range(key, getattr(self, key), 1)
+        check_range("learning_rate", self.learning_rate, 0, lo_open=True)
+        if self.resume and not self.save_steps:
+            raise ConfigError("resume needs checkpoints: set save_steps (and the same checkpoint_dir)", "resume")
+
+    def check_model(self, config, source=None) -> None:
+        from ... import models
+
+        teacher_src = models.resolve(self.teacher)
+        teacher_cfg = models.load_config(teacher_src)
+        if teacher_cfg is not None:
+            check_vocab(config, teacher_cfg, self.teacher, _tokenizer_of(source), _tokenizer_of(teacher_src))
+
+
+def _tokenizer_of(source):
+    """The tokenizer of a local model directory (no weights), or None when not readable cheaply."""
+    if source is None or getattr(source, "path", None) is None or source.kind not in ("dir", "alias"):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source.path)
+    except Exception:  # the full load later reports tokenizer problems with context
+        return None
+
+
+def check_vocab(student_cfg, teacher_cfg, teacher: str, student_tok=None, teacher_tok=None) -> None:
+    """Refuse teacher/student pairs whose token ids do not mean the same thing."""
+    sv, tv = student_cfg.vocab_size, teacher_cfg.vocab_size
+    problems = []
+    if student_tok is not None and teacher_tok is not None:
+        a, b = student_tok.get_vocab(), teacher_tok.get_vocab()
+        if a != b:
+            only_s = sorted(set(a) - set(b))[:3]
+            only_t = sorted(set(b) - set(a))[:3]
+            moved = [t for t in set(a) & set(b) if a[t] != b[t]][:3]
+            problems.append(f"tokenizers differ ({len(a)} vs {len(b)} tokens; only in the student: {only_s}, "
+                            f"only in the teacher: {only_t}, different ids: {moved})")
+    if not problems and sv != tv:
+        # Padded embedding tables are fine when the tokenizers agree (Qwen2.5 0.5B vs 1.5B).
+        if student_tok is None:
+            return
+        if max(student_tok.get_vocab().values()) >= min(sv, tv):
+            problems.append(f"vocab_size {sv} (student) vs {tv} (teacher)")
+    if problems:
+        raise ConfigError(f"teacher '{teacher}' and the student do not share a vocabulary: {'; '.join(problems)}. "
+                          "Distillation compares next-token distributions token by token: pick a teacher "
+                          "from the student's family (same tokenizer).", "teacher")
+
+
+def _load_teacher(cfg: DistillConfig, device):
+    from ... import models
+
+    kwargs = {}
+    dtype = cfg.teacher_dtype
+    if dtype in ("int8", "nf4"):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if dtype == "int8" else
+                                         BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                            bnb_4bit_compute_dtype=torch.bfloat16))
+        dtype = "bfloat16"
+        if device.type != "cpu":
+            kwargs["device_map"] = str(device)
+    teacher, tok, source = models.load(cfg.teacher, dtype=dtype, **kwargs)
+    if "device_map" not in kwargs and "quantization_config" not in kwargs:
+        teacher.to(device)
+    teacher.eval().requires_grad_(False)
+    return teacher, tok, source
+
+
+def _precision(cfg: DistillConfig, device) -> dict:
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if device.type == "cuda" else "no"
+    return {"bf16": mp == "bf16", "fp16": mp == "fp16"}
+
+
+@register_method("distill", DistillConfig)
+def apply_distill(model, cfg: DistillConfig, ctx):
+    """Train ``model`` (the student) on the teacher's distribution; returns the trained model."""
+    import tempfile
+
+    from transformers import TrainingArguments, set_seed
+
+    from .cache import TopKCache, build_cache, cache_key
+    from .trainer import DistillTrainer, TokenWindows, collate
+    from ...models import cache_dir
+
+    device = ctx.device
+    ids = ctx.calibration_ids()
+    teacher, teacher_tok, teacher_src = _load_teacher(cfg, device)
+    check_vocab(model.config, teacher.config, cfg.teacher, ctx.tokenizer, teacher_tok)
+    n_student, n_teacher = count_parameters(model), count_parameters(teacher)
+    if n_student > n_teacher:
+        raise ConfigError(f"the student ({n_student:,} parameters) is larger than the teacher '{cfg.teacher}' "
+                          f"({n_teacher:,}): distillation compresses into a smaller model; swap them or pick a "
+                          "larger teacher", "teacher")
+    notes = {"teacher": teacher_src.base_model, "teacher_parameters": n_teacher, "student_parameters": n_student,
+             "samples": len(ids), "seq_len": ids.shape[1], "data": ctx.notes.get("calibration_source", "calibration text"),
+             "loss": cfg.loss, "temperature": cfg.temperature,
+             "alpha": cfg.alpha, "top_k": cfg.top_k}
+
+    cache = None
+    if cfg.top_k:
+        folder = Path(cfg.cache_dir or cache_dir() / "distill" / cache_key(teacher_src.base_model, ids, cfg.top_k))
+        if not (folder / "index.json").exists():
+            t0 = time.perf_counter()
+            build_cache(teacher, ids, folder, cfg.top_k, teacher_name=teacher_src.base_model, device=device)
+            notes["cache_seconds"] = round(time.perf_counter() - t0, 1)
+        cache = TopKCache(folder)
+        if len(cache) != len(ids) or not torch.equal(cache.input_ids(), ids.long()):
+            raise ConfigError(f"the logit cache in {folder} was built from other token windows: delete it or "
+                              "point cache_dir elsewhere", "cache_dir")
+        notes["cache_dir"] = str(folder)
+        del teacher  # offline: the teacher is not needed any more
+        teacher = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    set_seed(cfg.seed)
+    student = model
+    if cfg.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        student = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM",
+                                                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                   "gate_proj", "up_proj", "down_proj"]))
+    student.train()
+    out_dir = cfg.checkpoint_dir or tempfile.mkdtemp(prefix="llmcompress-distill-")
+    args = TrainingArguments(
+        output_dir=out_dir, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=2,
+        seed=cfg.seed, data_seed=cfg.seed, report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
+        use_cpu=device.type == "cpu", disable_tqdm=False, **_precision(cfg, device))
+    trainer = DistillTrainer(model=student, args=args, train_dataset=TokenWindows(ids), data_collator=collate,
+                             teacher=teacher, cache=cache, loss=cfg.loss, temperature=cfg.temperature, beta=cfg.beta,
+                             alpha=cfg.alpha, chunk_size=cfg.chunk_size)
+    resume = None
+    if cfg.resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(out_dir) if os.path.isdir(out_dir) else None
+        if resume is None:
+            logger.warning("resume: no checkpoint in %s, starting from step 0", out_dir)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    notes.update({"steps": trainer.state.global_step, "train_seconds": round(time.perf_counter() - t0, 1),
+                  "train_loss": result.training_loss,
+                  "tokens": trainer.state.global_step * cfg.batch_size * cfg.grad_accum * ids.shape[1],
+                  "log": [{k: v for k, v in h.items() if k in ("step", "loss", "learning_rate")}
+                          for h in trainer.state.log_history if "loss" in h],
+                  "checkpoint_dir": out_dir, "resumed_from": resume})
+    if cfg.lora_r:
+        student = student.merge_and_unload()
+    student.eval()
+    ctx.notes["distill"] = notes
+    return student

@@ -1,0 +1,103 @@
+"""The teacher's top-k logit cache: computed once, then training runs without the teacher.
+
+Layout of a cache folder (written atomically: a temporary folder renamed when complete)::
+
+    index.json                       format, teacher, k, seq_len, samples, vocab size, shards
+    shard-00000.safetensors          input_ids [n, T] int32, values [n, T, k] float16, indices [n, T, k] int32
+    ...
+
+float16 keeps logits to ~0.01 at |logit| < 32 (bfloat16 would round them to 0.125); int32 indices
+hold any vocabulary. At k = 32 that is 192 bytes per token. The token ids travel with the
+logits, so a cache is self-contained: training from it needs neither the teacher nor the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ...errors import DataError
+from ...export import atomic_directory
+
+FORMAT = "llmcompress-topk-logits-v1"
+
+
+def cache_key(teacher: str, ids: torch.Tensor, k: int) -> str:
+    """A digest of what the cache depends on: the teacher, the exact token ids and k."""
+    h = hashlib.sha256(f"{FORMAT}|{teacher}|{k}|{tuple(ids.shape)}".encode())
+    h.update(ids.to(torch.int32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def build_cache(teacher, ids: torch.Tensor, folder: str | Path, k: int, *, teacher_name: str = "",
+                batch_size: int = 4, shard_samples: int = 256, device=None, overwrite: bool = False) -> Path:
+    """Run the teacher over ``ids`` ``[N, T]`` and store its top-k logits per token."""
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    folder = Path(folder)
+    shards = []
+    with atomic_directory(folder, overwrite=overwrite) as tmp:
+        bar = tqdm(total=len(ids), desc="teacher top-k cache", unit="sample")
+        for s0 in range(0, len(ids), shard_samples):
+            chunk = ids[s0 : s0 + shard_samples]
+            vals, inds = [], []
+            for b in range(0, len(chunk), batch_size):
+                logits = teacher(chunk[b : b + batch_size].to(device)).logits
+                top = torch.topk(logits.float(), k, dim=-1)
+                vals.append(top.values.to(torch.float16).cpu())
+                inds.append(top.indices.to(torch.int32).cpu())
+                bar.update(len(chunk[b : b + batch_size]))
+            name = f"shard-{len(shards):05d}.safetensors"
+            save_file({"input_ids": chunk.to(torch.int32).contiguous(), "values": torch.cat(vals).contiguous(),
+                       "indices": torch.cat(inds).contiguous()}, str(tmp / name))
+            shards.append({"file": name, "start": s0, "count": len(chunk)})
+        bar.close()
+        index = {"format": FORMAT, "teacher": teacher_name, "k": k, "num_samples": len(ids),
+                 "seq_len": ids.shape[1], "vocab_size": int(teacher.config.vocab_size), "shards": shards}
+        (tmp / "index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+class TopKCache:
+    """Read access to a cache folder: ``cache[i]`` -> ``(input_ids [T], values [T, k], indices [T, k])``."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        path = self.folder / "index.json"
+        try:
+            self.index = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.folder} is not a teacher logit cache ({path.name}: {exc}); build one with "
+                            "top_k > 0 in the distill stage, or delete the folder") from None
+        if self.index.get("format") != FORMAT:
+            raise DataError(f"{self.folder}: unknown cache format {self.index.get('format')!r} (expected {FORMAT})")
+        self._tensors: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return self.index["num_samples"]
+
+    @property
+    def k(self) -> int:
+        return self.index["k"]
+
+    def _shard(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
+        for sh in self.index["shards"]:
+            if sh["start"] <= i < sh["start"] + sh["count"]:
+                if sh["file"] not in self._tensors:
+                    with safe_open(str(self.folder / sh["file"]), framework="pt") as f:
+                        self._tensors[sh["file"]] = {key: f.get_tensor(key) for key in f.keys()}
+                return self._tensors[sh["file"]], i - sh["start"]
+        raise IndexError(i)
+
+    def __getitem__(self, i: int):
+        t, j = self._shard(int(i))
+        return t["input_ids"][j].long(), t["values"][j], t["indices"][j]
+
+    def input_ids(self) -> torch.Tensor:
+        return torch.stack([self[i][0] for i in range(len(self))])

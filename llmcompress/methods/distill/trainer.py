@@ -1,0 +1,65 @@
+"""Training through transformers' ``Trainer``: mixed precision, gradient accumulation, gradient
+checkpointing, checkpoints every N steps and resume, and multi-GPU under ``accelerate launch``
+(DDP / FSDP) come from it; this module only supplies the data and the loss."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+from transformers import Trainer
+
+from .losses import cross_entropy, distill_loss, shift_for_next_token
+
+
+class TokenWindows(Dataset):
+    """Fixed-length token windows; each item carries its index, which addresses the logit cache."""
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.ids[i], "sample_idx": torch.tensor(i)}
+
+
+def collate(items: list[dict]) -> dict:
+    ids = torch.stack([it["input_ids"] for it in items])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "sample_idx": torch.stack([it["sample_idx"] for it in items])}
+
+
+class DistillTrainer(Trainer):
+    """``Trainer`` whose loss is ``alpha * CE + (1 - alpha) * KD`` against a teacher in memory
+    (online) or its top-k logit cache (offline)."""
+
+    def __init__(self, *args, teacher=None, cache=None, loss: str = "forward_kl", temperature: float = 1.0,
+                 beta: float = 0.5, alpha: float = 0.0, chunk_size: int = 1024, **kwargs):
+        super().__init__(*args, **kwargs)
+        if (teacher is None) == (cache is None) and alpha < 1:
+            raise ValueError("give a teacher or a logit cache (not both)")
+        self.teacher, self.cache = teacher, cache
+        self.kd = dict(kind=loss, temperature=temperature, beta=beta, chunk_size=chunk_size)
+        self.alpha = alpha
+        self.chunk_size = chunk_size
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        idx = inputs.pop("sample_idx")
+        ids, am = inputs["input_ids"], inputs["attention_mask"]
+        out = model(input_ids=ids, attention_mask=am, use_cache=False)
+        logits, labels, mask = shift_for_next_token(out.logits, ids, am)
+        loss = 0.0
+        if self.alpha > 0:
+            loss = self.alpha * cross_entropy(logits, labels, mask, self.chunk_size)
+        if self.alpha < 1:
+            if self.cache is not None:
+                rows = [self.cache[int(i)] for i in idx.tolist()]
+                t_logits = torch.stack([r[1] for r in rows]).to(logits.device)[:, :-1]
+                t_idx = torch.stack([r[2] for r in rows]).to(logits.device)[:, :-1]
+            else:
+                with torch.no_grad():
+                    t_logits = self.teacher(input_ids=ids.to(self.teacher.device), attention_mask=am.to(self.teacher.device),
+                                            use_cache=False).logits[:, :-1].to(logits.device)
+                t_idx = None
+            loss = loss + (1 - self.alpha) * distill_loss(logits, t_logits, mask, t_indices=t_idx, **self.kd)
+        return (loss, out) if return_outputs else loss

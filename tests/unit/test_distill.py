@@ -1,0 +1,178 @@
+"""Distillation: losses against their formulas, chunking, the top-k cache, resume, and bad inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmcompress import ConfigError, DataError, Recipe, compress
+from llmcompress.context import Context
+from llmcompress.data import CalibrationConfig
+from llmcompress.methods.distill import DistillConfig, apply_distill
+from llmcompress.methods.distill import trainer as trainer_mod
+from llmcompress.methods.distill.cache import TopKCache, build_cache
+from llmcompress.methods.distill.losses import cross_entropy, distill_loss
+from llmcompress.verify import reference_ids, reload_logits
+from tests.conftest import make_model
+
+
+def kl(p_logits, q_logits):
+    p, lp, lq = F.softmax(p_logits, -1), F.log_softmax(p_logits, -1), F.log_softmax(q_logits, -1)
+    return (p * (lp - lq)).sum(-1)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_divergence_of_a_distribution_with_itself_is_zero(kind):
+    x = torch.randn(3, 7, 50)
+    assert distill_loss(x, x.clone(), kind=kind).abs().item() < 1e-6
+
+
+def test_losses_match_their_formulas():
+    s, t = torch.randn(20, 30), torch.randn(20, 30) * 2
+    T = 2.0
+    torch.testing.assert_close(distill_loss(s, t, kind="forward_kl", temperature=T), T**2 * kl(t / T, s / T).mean())
+    torch.testing.assert_close(distill_loss(s, t, kind="reverse_kl", temperature=T), T**2 * kl(s / T, t / T).mean())
+    b = 0.3
+    p, q = F.softmax(t, -1), F.softmax(s, -1)
+    m = b * p + (1 - b) * q
+    jsd = b * (p * (p / m).log()).sum(-1) + (1 - b) * (q * (q / m).log()).sum(-1)
+    torch.testing.assert_close(distill_loss(s, t, kind="jsd", beta=b), jsd.mean())
+    torch.testing.assert_close(distill_loss(s, t, kind="jsd", beta=0.0), kl(t, s).mean())
+    # temperature: the T^2 factor keeps gradients comparable; at T = 1 it is plain KL
+    torch.testing.assert_close(distill_loss(s, t, temperature=1.0), F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1),
+                                                                               log_target=True, reduction="batchmean"))
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_chunked_equals_unchunked_values_and_gradients(kind):
+    torch.manual_seed(0)
+    t = torch.randn(2, 9, 40)
+    mask = torch.rand(2, 9) > 0.3
+    s1 = torch.randn(2, 9, 40, requires_grad=True)
+    s2 = s1.detach().clone().requires_grad_(True)
+    a = distill_loss(s1, t, mask, kind=kind, temperature=1.5, chunk_size=0)
+    b = distill_loss(s2, t, mask, kind=kind, temperature=1.5, chunk_size=4)
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(s1.grad, s2.grad)
+    assert (s1.grad[~mask] == 0).all(), "masked tokens must not contribute"
+    ce_a = cross_entropy(s1, torch.randint(0, 40, (2, 9)), mask, 0)
+    assert torch.isfinite(ce_a)
+
+
+def test_topk_teacher_with_k_equal_vocab_is_the_full_loss():
+    s, t = torch.randn(5, 12), torch.randn(5, 12)
+    top = torch.topk(t, 12)
+    for kind in ("forward_kl", "reverse_kl", "jsd"):
+        torch.testing.assert_close(distill_loss(s, top.values, kind=kind, t_indices=top.indices),
+                                   distill_loss(s, t, kind=kind))
+
+
+def test_cache_round_trips_exactly(tmp_path):
+    teacher = make_model()
+    ids = torch.randint(0, 512, (5, 16))
+    build_cache(teacher, ids, tmp_path / "c", k=8, shard_samples=2, batch_size=2, teacher_name="t")
+    cache = TopKCache(tmp_path / "c")
+    assert len(cache) == 5 and cache.k == 8 and len(cache.index["shards"]) == 3
+    with torch.no_grad():
+        top = torch.topk(teacher(ids).logits.float(), 8, dim=-1)
+    for i in range(5):
+        x, v, j = cache[i]
+        assert torch.equal(x, ids[i])
+        assert torch.equal(v, top.values[i].half()) and torch.equal(j, top.indices[i].int())
+    with pytest.raises(DataError, match="not a teacher logit cache"):
+        TopKCache(tmp_path)
+
+
+def ctx_for(tokenizer, ids):
+    return Context(tokenizer=tokenizer, device=torch.device("cpu"), calibration=lambda: ids)
+
+
+def final_weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("top_k", [0, 16])
+def test_resume_gives_the_same_weights(tiny_model_dir, tokenizer, tmp_path, monkeypatch, top_k):
+    ids = torch.randint(0, 512, (12, 32), generator=torch.Generator().manual_seed(0))
+    common = dict(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=4, save_steps=2, batch_size=2,
+                  learning_rate=1e-3, top_k=top_k, cache_dir=str(tmp_path / "cache"), logging_steps=1)
+    full = apply_distill(make_model(layers=1, seed=1), DistillConfig(**common, checkpoint_dir=str(tmp_path / "a")),
+                         ctx_for(tokenizer, ids))
+
+    original = trainer_mod.DistillTrainer.compute_loss
+
+    def interrupted(self, *a, **kw):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt  # after the step-2 checkpoint
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "compute_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        apply_distill(make_model(layers=1, seed=1), DistillConfig(**common, checkpoint_dir=str(tmp_path / "b")),
+                      ctx_for(tokenizer, ids))
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "compute_loss", original)
+    ctx = ctx_for(tokenizer, ids)
+    resumed = apply_distill(make_model(layers=1, seed=1),
+                            DistillConfig(**common, checkpoint_dir=str(tmp_path / "b"), resume=True), ctx)
+    assert ctx.notes["distill"]["resumed_from"].endswith("checkpoint-2")
+    a, b = final_weights(full), final_weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"],
+                           make_model(layers=1, seed=1).state_dict()["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_student_larger_than_teacher(tiny_model_dir, tokenizer, tmp_path):
+    small = tmp_path / "small"
+    make_model(layers=1).save_pretrained(small)
+    tokenizer.save_pretrained(small)
+    with pytest.raises(ConfigError, match="larger than the teacher"):
+        apply_distill(make_model(layers=2), DistillConfig(teacher=str(small), teacher_dtype="float32"),
+                      ctx_for(tokenizer, torch.randint(0, 512, (4, 16))))
+
+
+def test_vocabulary_mismatch_is_refused_before_loading(tiny_model_dir, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    other = tmp_path / "other-vocab"
+    cfg = AutoConfig.from_pretrained(tiny_model_dir)
+    cfg.vocab_size = 1024
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(other)
+    from tests.conftest import make_tokenizer
+
+    make_tokenizer(1024).save_pretrained(other)
+    student = tmp_path / "student"
+    make_model(layers=1).save_pretrained(student)
+    make_tokenizer().save_pretrained(student)
+    recipe = Recipe(stages=[DistillConfig(teacher=str(other))], name="d")
+    with pytest.raises(ConfigError, match="vocab|tokenizer") as err:
+        compress(str(student), recipe, tmp_path / "out")
+    assert "tokenizers differ (512 vs 1024 tokens" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_training_text(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    recipe = Recipe(stages=[DistillConfig(teacher=str(tiny_model_dir))], name="d",
+                    calibration=CalibrationConfig(source=str(empty), num_samples=4, seq_len=16))
+    with pytest.raises(DataError):
+        compress(str(tiny_model_dir), recipe, tmp_path / "out", evaluation=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_distilled_student_saves_and_reloads(tiny_model_dir, tokenizer, tmp_path):
+    student = tmp_path / "student"
+    make_model(layers=1, seed=3).save_pretrained(student)
+    tokenizer.save_pretrained(student)
+    recipe = Recipe(stages=[DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=3,
+                                          top_k=8, cache_dir=str(tmp_path / "cache"), loss="jsd", alpha=0.5)],
+                    name="d", calibration=CalibrationConfig(num_samples=8, seq_len=32))
+    res = compress(str(student), recipe, tmp_path / "out", evaluation=False)
+    assert res.reload_max_abs_diff is not None and res.reload_max_abs_diff < 1e-4
+    notes = res.notes["distill"]
+    assert notes["steps"] == 3 and notes["tokens"] == 3 * 4 * 32 and notes["top_k"] == 8
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Distillation" in card and str(tiny_model_dir) in card and "steps" in card
