@@ -28,6 +28,8 @@ class Context:
     # Quantization scales are rounded to this dtype (the output format's), so that the
     # in-memory model equals what a loader rebuilds; None: the weight's dtype.
     scale_dtype: torch.dtype | None = None
+    # Extra transformers TrainerCallbacks for training methods (distillation), e.g. evaluation.
+    callbacks: list = field(default_factory=list)
 
     def calibration_ids(self) -> torch.Tensor:
         from .errors import DataError

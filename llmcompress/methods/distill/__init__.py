@@ -52,7 +52,7 @@ class DistillConfig(MethodConfig):
     alpha: float = field(default=0.0, metadata={"help": "weight of cross-entropy on the labels; 1 - alpha on the distillation loss"})
     top_k: int = field(default=0, metadata={"help": ">0: train from a cache of the teacher's top-k logits (teacher freed); 0: teacher in the loop"})
     cache_dir: str = field(default="", metadata={"help": "where the logit cache lives (default: ~/.cache/llmcompress/distill/KEY)"})
-    chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk of the loss (bounds its float32 memory)"})
+    chunk_size: int = field(default=256, metadata={"help": "tokens per chunk of the loss (bounds its float32 memory)"})
     max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
     lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name: cosine | linear | constant | ..."})
@@ -221,7 +221,7 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         use_cpu=device.type == "cpu", disable_tqdm=False, **_precision(cfg, device))
     trainer = DistillTrainer(model=student, args=args, train_dataset=TokenWindows(ids), data_collator=collate,
                              teacher=teacher, cache=cache, loss=cfg.loss, temperature=cfg.temperature, beta=cfg.beta,
-                             alpha=cfg.alpha, chunk_size=cfg.chunk_size)
+                             alpha=cfg.alpha, chunk_size=cfg.chunk_size, callbacks=list(ctx.callbacks))
     resume = None
     if cfg.resume:
         from transformers.trainer_utils import get_last_checkpoint

@@ -7,9 +7,9 @@
   KL(p_s || m)``, ``m = beta * p_t + (1 - beta) * p_s``; forward KL as beta -> 0 up to scale,
   reverse KL as beta -> 1.
 
-Memory: the loss walks the tokens in chunks, and each chunk runs under activation
-checkpointing, so the float32 softmaxes of both models exist for one chunk at a time, in the
-forward and in the backward pass, never as full ``[batch, seq, vocab]`` tensors.
+Memory: the loss walks the tokens in chunks and computes each chunk's gradient right away, so
+the float32 softmaxes of both models exist for one chunk at a time, never as full ``[batch, seq,
+vocab]`` tensors; what stays is one gradient buffer the size of the student's logits.
 
 A teacher given as top-k (values, indices) from the logit cache is a distribution over those k
 tokens (softmax of the k logits). Forward KL then compares it with the student's full-vocabulary
@@ -23,7 +23,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 LOSSES = ("forward_kl", "reverse_kl", "jsd")
 
@@ -63,39 +62,80 @@ def token_divergence(s_logits: torch.Tensor, t_logits: torch.Tensor, kind: str, 
     return d * temperature**2
 
 
-def distill_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, mask: torch.Tensor | None = None, *,
-                 kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
-                 t_indices: torch.Tensor | None = None, chunk_size: int = 1024) -> torch.Tensor:
-    """Mean divergence over the tokens where ``mask`` is true.
+class _ChunkedTokenLoss(torch.autograd.Function):
+    """``sum_i fn(s_i, *rows_i)`` over token chunks, with its gradient computed chunk by chunk in the
+    forward pass and written into one buffer the size of ``s``: peak memory is that buffer plus one
+    chunk's float32 intermediates (autograd over slices would add a full-size zero-padded gradient
+    per chunk and an accumulation buffer)."""
+
+    @staticmethod
+    def forward(ctx, s, fn, chunk_size, *rows):
+        grad = torch.empty_like(s) if s.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=s.device)
+        for i in range(0, s.shape[0], chunk_size):
+            sc = s[i : i + chunk_size].detach().requires_grad_(grad is not None)
+            part = [r[i : i + chunk_size] if r is not None else None for r in rows]
+            with torch.enable_grad():
+                value = fn(sc, *part)
+            if grad is not None:
+                grad[i : i + chunk_size] = torch.autograd.grad(value, sc)[0]
+            total += value.detach()
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return (grad.mul_(grad_out.to(grad.dtype)) if grad is not None else None, None, None) + (None,) * 8
+
+
+def _flat(x, width=None):
+    return None if x is None else x.reshape(-1, width) if width else x.reshape(-1)
+
+
+def token_losses(s_logits: torch.Tensor, *, t_logits=None, t_indices=None, labels=None, mask=None,
+                 kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.0,
+                 chunk_size: int = 1024) -> torch.Tensor:
+    """Mean over the ``mask``-ed tokens of ``alpha * CE(labels) + (1 - alpha) * divergence(teacher)``.
 
     Args:
-        s_logits: student logits ``[..., V]`` (any float dtype; gradients flow to it).
-        t_logits: teacher logits ``[..., V]``, or top-k logits ``[..., k]`` with ``t_indices``.
+        s_logits: student logits ``[..., V]`` (gradients flow to it).
+        t_logits: teacher logits ``[..., V]``, or top-k logits ``[..., k]`` with ``t_indices``
+            (not needed when ``alpha == 1``).
+        labels: next-token ids ``[...]`` (needed when ``alpha > 0``).
         mask: ``[...]`` bool, the tokens that count (padding and unlabelled positions false).
-        chunk_size: tokens per checkpointed chunk (0: one chunk, no checkpointing).
+        chunk_size: tokens per chunk; 0 computes everything at once with plain autograd (the naive
+            reference: several full ``[tokens, V]`` float32 tensors).
     """
     V = s_logits.shape[-1]
     s = s_logits.reshape(-1, V)
-    t = t_logits.reshape(-1, t_logits.shape[-1])
-    idx = t_indices.reshape(-1, t_indices.shape[-1]) if t_indices is not None else None
-    if mask is not None:
-        keep = mask.reshape(-1).nonzero().squeeze(-1)
-        s, t = s.index_select(0, keep), t.index_select(0, keep)
-        idx = idx.index_select(0, keep) if idx is not None else None
-    n = s.shape[0]
+    m = _flat(mask).to(s.device) if mask is not None else torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+    n = int(m.sum())
     if n == 0:
         return s_logits.sum() * 0.0
-    if not chunk_size or chunk_size >= n:
-        return token_divergence(s, t, kind, temperature, beta, idx).sum() / n
-    total = s.new_zeros((), dtype=torch.float32)
-    for i in range(0, n, chunk_size):
-        part = (s[i : i + chunk_size], t[i : i + chunk_size], idx[i : i + chunk_size] if idx is not None else None)
+    t = _flat(t_logits, t_logits.shape[-1]) if t_logits is not None else None
+    idx = _flat(t_indices, t_indices.shape[-1]) if t_indices is not None else None
+    y = _flat(labels)
 
-        def chunk(sc, tc, ic):
-            return token_divergence(sc, tc, kind, temperature, beta, ic).sum()
+    def fn(sc, tc, ic, yc, mc):
+        loss = 0.0
+        if alpha > 0:
+            loss = alpha * F.cross_entropy(sc.float(), yc, reduction="none")
+        if alpha < 1:
+            loss = loss + (1 - alpha) * token_divergence(sc, tc, kind, temperature, beta, ic)
+        return (loss * mc).sum()
 
-        total = total + checkpoint(chunk, *part, use_reentrant=False)
-    return total / n
+    if not chunk_size or chunk_size >= s.shape[0]:
+        return fn(s, t, idx, y, m.float()) / n
+    return _ChunkedTokenLoss.apply(s, fn, chunk_size, t, idx, y, m.float()) / n
+
+
+def distill_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, mask: torch.Tensor | None = None, *,
+                 kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
+                 t_indices: torch.Tensor | None = None, chunk_size: int = 1024) -> torch.Tensor:
+    """Mean divergence over the ``mask``-ed tokens (see :func:`token_losses`)."""
+    return token_losses(s_logits, t_logits=t_logits, t_indices=t_indices, mask=mask, kind=kind,
+                        temperature=temperature, beta=beta, chunk_size=chunk_size)
 
 
 def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
@@ -106,17 +146,5 @@ def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, attentio
 
 
 def cross_entropy(s_logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """Next-token cross-entropy over masked tokens, chunked like :func:`distill_loss`."""
-    V = s_logits.shape[-1]
-    s = s_logits.reshape(-1, V)[mask.reshape(-1)]
-    y = labels.reshape(-1)[mask.reshape(-1)]
-    n = s.shape[0]
-    if n == 0:
-        return s_logits.sum() * 0.0
-    if not chunk_size or chunk_size >= n:
-        return F.cross_entropy(s.float(), y, reduction="sum") / n
-    total = s.new_zeros((), dtype=torch.float32)
-    for i in range(0, n, chunk_size):
-        total = total + checkpoint(lambda a, b: F.cross_entropy(a.float(), b, reduction="sum"),
-                                   s[i : i + chunk_size], y[i : i + chunk_size], use_reentrant=False)
-    return total / n
+    """Next-token cross-entropy over masked tokens, chunked like :func:`token_losses`."""
+    return token_losses(s_logits, labels=labels, mask=mask, alpha=1.0, chunk_size=chunk_size)

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer
 
-from .losses import cross_entropy, distill_loss, shift_for_next_token
+from .losses import shift_for_next_token, token_losses
 
 
 class TokenWindows(Dataset):
@@ -48,9 +48,7 @@ class DistillTrainer(Trainer):
         ids, am = inputs["input_ids"], inputs["attention_mask"]
         out = model(input_ids=ids, attention_mask=am, use_cache=False)
         logits, labels, mask = shift_for_next_token(out.logits, ids, am)
-        loss = 0.0
-        if self.alpha > 0:
-            loss = self.alpha * cross_entropy(logits, labels, mask, self.chunk_size)
+        t_logits = t_idx = None
         if self.alpha < 1:
             if self.cache is not None:
                 rows = [self.cache[int(i)] for i in idx.tolist()]
@@ -60,6 +58,7 @@ class DistillTrainer(Trainer):
                 with torch.no_grad():
                     t_logits = self.teacher(input_ids=ids.to(self.teacher.device), attention_mask=am.to(self.teacher.device),
                                             use_cache=False).logits[:, :-1].to(logits.device)
-                t_idx = None
-            loss = loss + (1 - self.alpha) * distill_loss(logits, t_logits, mask, t_indices=t_idx, **self.kd)
+        # one pass over the tokens: alpha * CE + (1 - alpha) * KD, gradients chunk by chunk
+        loss = token_losses(logits, t_logits=t_logits, t_indices=t_idx, labels=labels, mask=mask, alpha=self.alpha,
+                            **self.kd)
         return (loss, out) if return_outputs else loss

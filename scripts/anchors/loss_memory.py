@@ -1,0 +1,43 @@
+"""Peak memory of one distillation loss step (forward + backward of the loss alone), for
+bench_distill.py. Prints one JSON line. Usage: python loss_memory.py naive|chunked|chunked-topk"""
+
+import json
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from llmcompress.methods.distill.losses import distill_loss
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+mode = sys.argv[1]
+N, V, K = 2048, 49152, 32
+CHUNK = 128
+torch.manual_seed(0)
+s = torch.randn(N, V, requires_grad=True)
+t = torch.randn(N, V).bfloat16()
+top = torch.topk(t.float(), K, dim=-1)
+tv, ti = top.values.half(), top.indices.int()
+s.grad = torch.zeros_like(s)  # the gradient buffer is part of the inputs: both modes need it
+base = rss_mb()
+t0 = time.perf_counter()
+if mode == "naive":
+    loss = F.kl_div(F.log_softmax(s.float(), -1), F.log_softmax(t.float(), -1), log_target=True, reduction="batchmean")
+elif mode == "chunked":
+    loss = distill_loss(s, t, chunk_size=CHUNK)
+else:
+    loss = distill_loss(s, tv, t_indices=ti, chunk_size=CHUNK)
+loss.backward()
+seconds = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"growth_mb": peak - base, "seconds": seconds, "loss": float(loss.detach())}))
