@@ -62,7 +62,11 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--top-k", type=int, default=32)
     ap.add_argument("--precision", default="bf16", help="mixed precision of training: bf16 | no")
+    ap.add_argument("--render", help="only re-render the table from a results.json of an earlier run")
     args = ap.parse_args()
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        return render(args, saved["results"], saved["mem"])
     work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
     dense, tok, src = models.load(args.model, dtype="float32")
     windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=2048, seq_len=512)) for t in TEXTS}
@@ -108,7 +112,13 @@ def main():
     mem = {mode: run_child([this_python(), str(ROOT / "scripts/anchors/loss_memory.py"), mode],
                            env={"MALLOC_MMAP_THRESHOLD_": "1048576"})
            for mode in ("naive", "chunked", "chunked-topk")}
+    (work / "results.json").write_text(json.dumps({"results": results, "mem": mem}, indent=2, default=str))
+    print(f"raw results: {work / 'results.json'}")
+    render(args, results, mem)
 
+
+def render(args, results: dict, mem: dict) -> None:
+    tps = args.batch * args.seq_len
     ce = results["cross-entropy only"]["ppl"]
     rows = []
     for label, r in results.items():
