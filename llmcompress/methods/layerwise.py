@@ -13,12 +13,14 @@ method reads and writes the full-precision master weights.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..calibration import run_layerwise
+from ..config import check_choice, check_range
 from ..errors import DataError
 from ..modeling import finished_submodule, sequential_groups
 from ..models import DTYPES
@@ -27,6 +29,21 @@ from ..models import DTYPES
 Accumulate = Callable[[Any, torch.Tensor, int], tuple[Any, int]]
 # update(names, modules, master weights, statistic, option) -> per-call stats dict or None
 Update = Callable[[list[str], list[nn.Module], list[torch.Tensor], Any, Any], dict | None]
+
+
+@dataclass
+class LayerwiseOptions:
+    """Recipe options of every method calibrated through :func:`calibrate_layerwise`."""
+
+    true_sequential: bool = field(default=True, metadata={"help": "process q/k/v, then o, then gate/up, then down, each on inputs that carry the earlier changes"})
+    batch_size: int = field(default=8, metadata={"help": "calibration samples per layer forward"})
+    # bf16 forwards are ~6x faster than fp32 on CPUs with AVX512-BF16 and on GPUs; on
+    # SmolLM2-135M GPTQ gave the same perplexity (22.71 vs 22.72, 32 x 512 tokens).
+    calibration_dtype: str = field(default="bfloat16", metadata={"help": "dtype of layer forwards during calibration (statistics accumulate in float32): bfloat16 | float32 | float16 | auto (the model's)"})
+
+    def check_layerwise_options(self) -> None:
+        check_range("batch_size", self.batch_size, 1)
+        check_choice("calibration_dtype", self.calibration_dtype, ("auto", "float32", "bfloat16", "float16"))
 
 
 class SharedInputs:

@@ -18,33 +18,29 @@ from typing import ClassVar
 
 import torch
 
-from ...config import check_choice, check_range
+from ...config import check_range
 from ...registry import register_method
 from ..gptq.gptq import accumulate_hessian
-from ..layerwise import calibrate_layerwise, check_finite
+from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import per_layer_sparsity
 from ..prune.config import SparsityConfig
 from .sparsegpt import sparsegpt_prune
 
 
 @dataclass
-class SparseGPTConfig(SparsityConfig):
+class SparseGPTConfig(LayerwiseOptions, SparsityConfig):
     """SparseGPT (see module docstring)."""
 
     NEEDS_CALIBRATION: ClassVar[bool] = True
 
     damp: float = field(default=0.01, metadata={"help": "dampening, fraction of the mean Hessian diagonal"})
     block_size: int = field(default=128, metadata={"help": "columns per mask-selection block"})
-    true_sequential: bool = field(default=True, metadata={"help": "prune q/k/v, o, gate/up, down in turn, each on inputs that carry the earlier error"})
-    batch_size: int = field(default=8, metadata={"help": "calibration samples per layer forward"})
-    calibration_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the calibration forwards (Hessians accumulate in float32): bfloat16 | float32 | float16 | auto"})
 
     def __post_init__(self):
         super().__post_init__()
         check_range("damp", self.damp, 0, 1, lo_open=True)
         check_range("block_size", self.block_size, 1)
-        check_range("batch_size", self.batch_size, 1)
-        check_choice("calibration_dtype", self.calibration_dtype, ("auto", "float32", "bfloat16", "float16"))
+        self.check_layerwise_options()
 
 
 @register_method("sparsegpt", SparseGPTConfig)

@@ -25,30 +25,26 @@ from typing import ClassVar
 
 import torch
 
-from ...config import check_choice, check_range
+from ...config import check_choice
 from ...registry import register_method
-from ..layerwise import calibrate_layerwise, check_finite
+from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import per_layer_sparsity
 from ..prune.config import SparsityConfig
 from ..prune.masks import layer_mask, nm_mask, row_mask
 
 
 @dataclass
-class WandaConfig(SparsityConfig):
+class WandaConfig(LayerwiseOptions, SparsityConfig):
     """Wanda (see module docstring)."""
 
     NEEDS_CALIBRATION: ClassVar[bool] = True
 
     scope: str = field(default="row", metadata={"help": "comparison group: row (per output) | layer"})
-    true_sequential: bool = field(default=True, metadata={"help": "prune q/k/v, o, gate/up, down in turn, each on inputs after the earlier ones were pruned"})
-    batch_size: int = field(default=8, metadata={"help": "calibration samples per layer forward"})
-    calibration_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the calibration forwards: bfloat16 | float32 | float16 | auto"})
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("scope", self.scope, ("row", "layer"))
-        check_range("batch_size", self.batch_size, 1)
-        check_choice("calibration_dtype", self.calibration_dtype, ("auto", "float32", "bfloat16", "float16"))
+        self.check_layerwise_options()
 
 
 def accumulate_sq_norms(state, x: torch.Tensor, count: int):
