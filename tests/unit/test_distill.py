@@ -176,3 +176,13 @@ def test_distilled_student_saves_and_reloads(tiny_model_dir, tokenizer, tmp_path
     assert notes["steps"] == 3 and notes["tokens"] == 3 * 4 * 32 and notes["top_k"] == 8
     card = (tmp_path / "out" / "README.md").read_text()
     assert "## Distillation" in card and str(tiny_model_dir) in card and "steps" in card
+
+
+def test_teacher_in_4bit(tiny_model_dir, tokenizer):
+    pytest.importorskip("bitsandbytes")
+    ids = torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(0))
+    ctx = ctx_for(tokenizer, ids)
+    student = apply_distill(make_model(layers=1, seed=2), DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="nf4",
+                                                                        max_steps=2, batch_size=2), ctx)
+    assert ctx.notes["distill"]["steps"] == 2 and torch.isfinite(torch.tensor(ctx.notes["distill"]["train_loss"]))
+    assert not student.training
