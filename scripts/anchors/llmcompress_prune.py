@@ -7,7 +7,6 @@ Usage: python llmcompress_prune.py STAGE_JSON MODEL_DIR IDS.pt OUT_DIR
 
 import json
 import logging
-import resource
 import sys
 import time
 
@@ -17,6 +16,17 @@ from llmcompress import export, load_model
 from llmcompress.context import Context
 from llmcompress.recipe import Recipe
 from llmcompress.registry import get_method
+
+
+def _status_mb(field: str) -> float:
+    """A /proc/self/status memory field in MB. VmHWM is this process's own peak: unlike
+    getrusage's ru_maxrss, it does not inherit the parent's peak across fork + exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
 
 logging.basicConfig(level=logging.WARNING)
 stage_json, model_dir, ids_path, out_dir = sys.argv[1:5]
@@ -31,5 +41,5 @@ model = get_method(stage.METHOD).apply(model, stage, ctx) or model
 prune_s = time.perf_counter() - t0
 export.save(model, tok, out_dir, overwrite=True)
 print(json.dumps({"prune_s": prune_s, "process_s": time.perf_counter() - t_start,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mb": _status_mb("VmHWM"),
                   "notes": {k: v for k, v in ctx.notes.items() if k == "prune_structured"}}))

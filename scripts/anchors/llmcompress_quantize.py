@@ -6,7 +6,6 @@ Usage: python llmcompress_quantize.py METHOD MODEL_DIR IDS.pt GROUP_SIZE OUT_DIR
 
 import json
 import logging
-import resource
 import sys
 import time
 
@@ -17,6 +16,17 @@ from llmcompress.context import Context
 from llmcompress.methods.gptq import GPTQConfig
 from llmcompress.methods.rtn import RTNConfig
 from llmcompress.registry import get_method
+
+
+def _status_mb(field: str) -> float:
+    """A /proc/self/status memory field in MB. VmHWM is this process's own peak: unlike
+    getrusage's ru_maxrss, it does not inherit the parent's peak across fork + exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
 
 logging.basicConfig(level=logging.WARNING)
 method, model_dir, ids_path, group_size, out_dir = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
@@ -34,4 +44,4 @@ get_method(stage.METHOD).apply(model, stage, ctx)
 quantize_s = time.perf_counter() - t0
 export.save(model, tok, out_dir, overwrite=True)
 print(json.dumps({"quantize_s": quantize_s, "process_s": time.perf_counter() - t_start,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": _status_mb("VmHWM")}))

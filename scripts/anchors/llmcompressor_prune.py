@@ -6,7 +6,6 @@ Usage: python llmcompressor_prune.py wanda|sparsegpt MODEL_DIR IDS.pt PATTERN OU
 """
 
 import json
-import resource
 import sys
 import time
 
@@ -16,6 +15,17 @@ from llmcompressor import oneshot
 from llmcompressor.modifiers.pruning import WandaPruningModifier
 from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def _status_mb(field: str) -> float:
+    """A /proc/self/status memory field in MB. VmHWM is this process's own peak: unlike
+    getrusage's ru_maxrss, it does not inherit the parent's peak across fork + exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
 
 method, model_dir, ids_path, pattern, out_dir = sys.argv[1:6]
 t_start = time.perf_counter()
@@ -40,4 +50,4 @@ prune_s = time.perf_counter() - t0
 model.save_pretrained(out_dir, save_compressed=False)
 tok.save_pretrained(out_dir)
 print(json.dumps({"prune_s": prune_s, "process_s": time.perf_counter() - t_start,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": _status_mb("VmHWM")}))

@@ -2,7 +2,6 @@
 bench_distill.py. Prints one JSON line. Usage: python loss_memory.py naive|chunked|chunked-topk"""
 
 import json
-import resource
 import sys
 import time
 
@@ -12,12 +11,17 @@ import torch.nn.functional as F
 from llmcompress.methods.distill.losses import distill_loss
 
 
-def rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A /proc/self/status memory field in MB. VmHWM is this process's own peak: unlike
+    getrusage's ru_maxrss, it does not inherit the parent's peak across fork + exec."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    return 0.0
+    return float("nan")
+
+
+
 
 
 mode = sys.argv[1]
@@ -29,7 +33,7 @@ t = torch.randn(N, V).bfloat16()
 top = torch.topk(t.float(), K, dim=-1)
 tv, ti = top.values.half(), top.indices.int()
 s.grad = torch.zeros_like(s)  # the gradient buffer is part of the inputs: both modes need it
-base = rss_mb()
+base = _status_mb("VmRSS")
 t0 = time.perf_counter()
 if mode == "naive":
     loss = F.kl_div(F.log_softmax(s.float(), -1), F.log_softmax(t.float(), -1), log_target=True, reduction="batchmean")
@@ -39,5 +43,5 @@ else:
     loss = distill_loss(s, tv, t_indices=ti, chunk_size=CHUNK)
 loss.backward()
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = _status_mb("VmHWM")
 print(json.dumps({"growth_mb": peak - base, "seconds": seconds, "loss": float(loss.detach())}))
