@@ -36,7 +36,9 @@ def test_save_after_forward_reloads_identically(tiny_model_dir, tmp_path, kind):
     torch.testing.assert_close(reload_logits(out, ids), ref, rtol=0, atol=0)
     assert count_parameters(res.model) == res.before.parameters  # weights, not packed bytes
     card = (out / "README.md").read_text()
-    assert "base_model_relation: quantized" in card and "pip install transformers bitsandbytes" in card
+    assert "pip install transformers bitsandbytes" in card and "- bnb" in card
+    # a local directory is no Hub repo id: the card names no base model (and so no relation)
+    assert "base_model" not in card
 
 
 def test_plain_save_after_forward_is_the_trap(tiny_model_dir, tmp_path):

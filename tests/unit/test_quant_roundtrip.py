@@ -34,7 +34,8 @@ def test_rtn_save_reload_fresh_process(tiny_model_dir, tmp_path, cfg):
         assert len(qcfg["config_groups"]) == 2
     # the recipe, card and report travel with the weights
     assert Recipe.from_yaml(out / "llmcompress_recipe.yaml").stages[0] == recipe.stages[0]
-    assert "base_model_relation: quantized" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "- rtn" in card and "pip install transformers compressed-tensors" in card
 
 
 def test_int4_weights_are_smaller_on_disk(tiny_model_dir, tmp_path):
