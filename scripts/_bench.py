@@ -27,6 +27,33 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: int | None = Non
     return {**json.loads(line), "wall_s": wall}
 
 
+def ppl_by_text(model, windows: dict, label: str = "") -> dict:
+    """Perplexity on each evaluation text ``{name: windows}``, in eval mode (the mode is restored)."""
+    from llmcompress.evaluate import perplexity
+
+    was = model.training
+    model.eval()
+    out = {t: perplexity(model, w, desc=f"ppl {label} {t}".replace("  ", " "))[0] for t, w in windows.items()}
+    model.train(was)
+    return out
+
+
+def evaluate_dir(path, windows: dict, **load_kwargs) -> dict:
+    """Load a saved output with plain ``from_pretrained`` and measure it:
+    ``{"ppl": {text: perplexity}, "params": count}``; the model is freed afterwards."""
+    import gc
+
+    from transformers import AutoModelForCausalLM
+
+    from llmcompress.modeling import count_parameters
+
+    model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
+    out = {"ppl": ppl_by_text(model, windows, Path(str(path)).name), "params": count_parameters(model)}
+    del model
+    gc.collect()
+    return out
+
+
 def machine() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 

@@ -13,30 +13,19 @@ import argparse
 import copy
 import json
 import tempfile
-import time
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 
-from _bench import ROOT, machine, run_child, this_python, write_section
+from _bench import ROOT, machine, ppl_by_text, run_child, this_python, write_section
 from llmcompress import models
 from llmcompress.context import Context
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
-from llmcompress.evaluate import perplexity
 from llmcompress.methods.distill import DistillConfig, apply_distill
 from llmcompress.methods.structured import StructuredPruneConfig, apply_structured
 from llmcompress.modeling import count_parameters
 
 TEXTS = ("wiki_eval", "python_docs")
-
-
-def ppl(model, windows) -> dict:
-    was = model.training
-    model.eval()
-    out = {t: perplexity(model, w, desc=f"ppl {t}")[0] for t, w in windows.items()}
-    model.train(was)
-    return out
 
 
 class EvalAt(TrainerCallback):
@@ -48,7 +37,7 @@ class EvalAt(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kw):
         if state.global_step in self.steps:
             self.curve.append({"step": state.global_step, "tokens": state.global_step * self.tps,
-                               **ppl(model, self.windows)})
+                               **ppl_by_text(model, self.windows)})
 
 
 def main():
@@ -72,12 +61,12 @@ def main():
     windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=2048, seq_len=512)) for t in TEXTS}
     train_ids = calibration_batches(tok, CalibrationConfig(num_samples=args.samples, seq_len=args.seq_len, seed=1))
     prune_ids = calibration_batches(tok, CalibrationConfig(num_samples=64, seq_len=512, seed=0))
-    results = {"dense": {"ppl": ppl(dense, windows), "params": count_parameters(dense)}}
+    results = {"dense": {"ppl": ppl_by_text(dense, windows), "params": count_parameters(dense)}}
 
     pruned = copy.deepcopy(dense)
     apply_structured(pruned, StructuredPruneConfig(mlp_ratio=args.mlp_ratio),
                      Context(tokenizer=tok, calibration=lambda: prune_ids))
-    results["pruned"] = {"ppl": ppl(pruned, windows), "params": count_parameters(pruned)}
+    results["pruned"] = {"ppl": ppl_by_text(pruned, windows), "params": count_parameters(pruned)}
     del dense
 
     tps = args.batch * args.seq_len

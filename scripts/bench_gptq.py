@@ -20,24 +20,13 @@ from pathlib import Path
 
 import torch
 
-from _bench import ROOT, machine, python_of, run_child, this_python, write_section
+from _bench import ROOT, evaluate_dir, machine, python_of, run_child, this_python, write_section
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
-from llmcompress.evaluate import perplexity
 from llmcompress.export import directory_size
 
 GROUP = {"smollm2-135m": 64, "qwen2.5-coder-0.5b": 128, "qwen2.5-coder-1.5b": 128}
 TEXTS = ("wiki_eval", "python_docs")
-
-
-def evaluate_dir(path, windows, **load_kwargs) -> dict:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs).eval()
-    out = {t: perplexity(model, w, desc=f"ppl {Path(str(path)).name} {t}")[0] for t, w in windows.items()}
-    del model
-    gc.collect()
-    return out
 
 
 def main():
@@ -76,7 +65,7 @@ def main():
             tail = [str(mdir), str(ids_path), str(g), str(out)]
             print(f"[{alias}] {label} ...", flush=True)
             info = run_child(cmd + tail)
-            info["ppl"] = evaluate_dir(out, windows)
+            info["ppl"] = evaluate_dir(out, windows)["ppl"]
             info["size_mb"] = directory_size(out) / 2**20
             res[label] = info
         # bitsandbytes nf4: 4 bits too, no calibration (double quant, float32 compute like the others)
@@ -84,7 +73,7 @@ def main():
 
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                  bnb_4bit_compute_dtype=torch.float32)
-        res["bnb nf4"] = {"ppl": evaluate_dir(mdir, windows, quantization_config=bnb, dtype=torch.float32)}
+        res["bnb nf4"] = {"ppl": evaluate_dir(mdir, windows, quantization_config=bnb, dtype=torch.float32)["ppl"]}
         raw[alias] = {"samples": n_samples, "group_size": g, **res}
         base = res["original"]["ppl"]
         d_rtn = {t: res["RTN int4"]["ppl"][t] - base[t] for t in TEXTS}

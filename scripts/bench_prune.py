@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-from _bench import ROOT, machine, python_of, run_child, this_python, write_section
+from _bench import ROOT, evaluate_dir, machine, ppl_by_text, python_of, run_child, this_python, write_section
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
-from llmcompress.evaluate import perplexity
 from llmcompress.methods.prune import PruneConfig, apply_prune
 from llmcompress.modeling import count_parameters
 
@@ -35,20 +34,6 @@ OURS = [("Wanda 50%", {"method": "wanda", "sparsity": 0.5}),
         ("structured: 25% of MLP channels removed", {"method": "prune_structured", "mlp_ratio": 0.25})]
 ANCHORS = [("Wanda 50%", "wanda", "0.5"), ("SparseGPT 50%", "sparsegpt", "0.5"),
            ("Wanda 2:4", "wanda", "2:4"), ("SparseGPT 2:4", "sparsegpt", "2:4")]
-
-
-def ppl(model, windows) -> dict:
-    return {t: perplexity(model, w, desc=f"ppl {t}")[0] for t, w in windows.items()}
-
-
-def evaluate_dir(path, windows) -> tuple[dict, int]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    out = ppl(model, windows), count_parameters(model)
-    del model
-    gc.collect()
-    return out
 
 
 def main():
@@ -77,17 +62,17 @@ def main():
         torch.save(ids, ids_path)
         windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=2048, seq_len=512)) for t in TEXTS}
         params = count_parameters(model)
-        res = {"dense": {"ppl": ppl(model, windows), "params": params}}
+        res = {"dense": {"ppl": ppl_by_text(model, windows), "params": params}}
         del model
         for scope in ("layer", "global", "global_normalized"):
             model, _, _ = models.load(src, dtype="float32")
             apply_prune(model, PruneConfig(sparsity=args.sparsity, scope=scope))
-            res[f"magnitude {args.sparsity:.0%}, {scope}"] = {"ppl": ppl(model, windows), "params": params}
+            res[f"magnitude {args.sparsity:.0%}, {scope}"] = {"ppl": ppl_by_text(model, windows), "params": params}
             del model
             gc.collect()
         model, _, _ = models.load(src, dtype="float32")
         apply_prune(model, PruneConfig(pattern="2:4"))
-        res["magnitude 2:4"] = {"ppl": ppl(model, windows), "params": params}
+        res["magnitude 2:4"] = {"ppl": ppl_by_text(model, windows), "params": params}
         del model
         runs = [(f"llmcompress {label}", [this_python(), str(ROOT / "scripts/anchors/llmcompress_prune.py"),
                                           json.dumps(stage), str(src.path), str(ids_path)]) for label, stage in OURS]
@@ -102,7 +87,7 @@ def main():
             shutil.rmtree(out, ignore_errors=True)
             print(f"[{alias}] {label} ...", flush=True)
             info = run_child(cmd + [str(out)])
-            info["ppl"], info["params"] = evaluate_dir(out, windows)
+            info.update(evaluate_dir(out, windows, dtype=torch.float32))
             res[label] = info
             shutil.rmtree(out, ignore_errors=True)
         raw[alias] = {"samples": n_samples, **res}

@@ -20,26 +20,15 @@ linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
 import torch.nn.utils.prune as prune  # noqa: E402  (imports stay outside the timed region)
 
 from llmcompress.methods.prune import PruneConfig, apply_prune  # noqa: E402
-
-
-def _status_mb(field: str) -> float:
-    """A /proc/self/status memory field in MB. VmHWM is this process's own peak: unlike
-    getrusage's ru_maxrss, it does not inherit the parent's peak across fork + exec."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
+from _mem import reset_peak, status_mb  # noqa: E402  (scripts/anchors/_mem.py)
 
 if tool.endswith("-materialized"):
     for p in model.parameters():
         p.data = p.data.clone()
 for p in model.parameters():
     p.data.sum()  # page the (memory-mapped) weights in, so the growth below is scratch memory only
-rss_loaded = _status_mb("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset VmHWM: the peak below is reached while pruning, not while loading or copying
+rss_loaded = status_mb("VmRSS")
+reset_peak()  # the peak below is reached while pruning, not while loading or copying
 t0 = time.perf_counter()
 if tool == "torch":
     prune.global_unstructured([(m, "weight") for m in linears], pruning_method=prune.L1Unstructured, amount=sparsity)
@@ -50,5 +39,5 @@ else:
 seconds = time.perf_counter() - t0
 zeros = sum(int((m.weight == 0).sum()) for m in linears)
 kept_min = min(m.weight[m.weight != 0].abs().min().item() for m in linears)
-print(json.dumps({"seconds": seconds, "peak_rss_mb": _status_mb("VmHWM"),
+print(json.dumps({"seconds": seconds, "peak_rss_mb": status_mb("VmHWM"),
                   "rss_after_load_mb": rss_loaded, "zeros": zeros, "smallest_kept": kept_min}))

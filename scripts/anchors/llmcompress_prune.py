@@ -16,16 +16,8 @@ from llmcompress import export, load_model
 from llmcompress.context import Context
 from llmcompress.recipe import Recipe
 from llmcompress.registry import get_method
+from _mem import status_mb  # noqa: E402  (scripts/anchors/_mem.py)
 
-
-def _status_mb(field: str) -> float:
-    """A /proc/self/status memory field in MB. VmHWM is this process's own peak: unlike
-    getrusage's ru_maxrss, it does not inherit the parent's peak across fork + exec."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 logging.basicConfig(level=logging.WARNING)
@@ -41,5 +33,5 @@ model = get_method(stage.METHOD).apply(model, stage, ctx) or model
 prune_s = time.perf_counter() - t0
 export.save(model, tok, out_dir, overwrite=True)
 print(json.dumps({"prune_s": prune_s, "process_s": time.perf_counter() - t_start,
-                  "peak_rss_mb": _status_mb("VmHWM"),
+                  "peak_rss_mb": status_mb("VmHWM"),
                   "notes": {k: v for k, v in ctx.notes.items() if k == "prune_structured"}}))

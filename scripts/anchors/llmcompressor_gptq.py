@@ -13,16 +13,8 @@ from datasets import Dataset
 from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import GPTQModifier
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from _mem import status_mb  # noqa: E402  (scripts/anchors/_mem.py)
 
-
-def _status_mb(field: str) -> float:
-    """A /proc/self/status memory field in MB. VmHWM is this process's own peak: unlike
-    getrusage's ru_maxrss, it does not inherit the parent's peak across fork + exec."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 model_dir, ids_path, group_size, out_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -43,4 +35,4 @@ quantize_s = time.perf_counter() - t0
 model.save_pretrained(out_dir, save_compressed=True)
 tok.save_pretrained(out_dir)
 print(json.dumps({"quantize_s": quantize_s, "process_s": time.perf_counter() - t_start,
-                  "peak_rss_mb": _status_mb("VmHWM")}))
+                  "peak_rss_mb": status_mb("VmHWM")}))

@@ -15,16 +15,8 @@ from llmcompressor import oneshot
 from llmcompressor.modifiers.pruning import WandaPruningModifier
 from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from _mem import status_mb  # noqa: E402  (scripts/anchors/_mem.py)
 
-
-def _status_mb(field: str) -> float:
-    """A /proc/self/status memory field in MB. VmHWM is this process's own peak: unlike
-    getrusage's ru_maxrss, it does not inherit the parent's peak across fork + exec."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 method, model_dir, ids_path, pattern, out_dir = sys.argv[1:6]
@@ -50,4 +42,4 @@ prune_s = time.perf_counter() - t0
 model.save_pretrained(out_dir, save_compressed=False)
 tok.save_pretrained(out_dir)
 print(json.dumps({"prune_s": prune_s, "process_s": time.perf_counter() - t_start,
-                  "peak_rss_mb": _status_mb("VmHWM")}))
+                  "peak_rss_mb": status_mb("VmHWM")}))

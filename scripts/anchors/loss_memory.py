@@ -9,16 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from llmcompress.methods.distill.losses import distill_loss
+from _mem import status_mb  # noqa: E402  (scripts/anchors/_mem.py)
 
-
-def _status_mb(field: str) -> float:
-    """A /proc/self/status memory field in MB. VmHWM is this process's own peak: unlike
-    getrusage's ru_maxrss, it does not inherit the parent's peak across fork + exec."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 
@@ -33,7 +25,7 @@ t = torch.randn(N, V).bfloat16()
 top = torch.topk(t.float(), K, dim=-1)
 tv, ti = top.values.half(), top.indices.int()
 s.grad = torch.zeros_like(s)  # the gradient buffer is part of the inputs: both modes need it
-base = _status_mb("VmRSS")
+base = status_mb("VmRSS")
 t0 = time.perf_counter()
 if mode == "naive":
     loss = F.kl_div(F.log_softmax(s.float(), -1), F.log_softmax(t.float(), -1), log_target=True, reduction="batchmean")
@@ -43,5 +35,5 @@ else:
     loss = distill_loss(s, tv, t_indices=ti, chunk_size=CHUNK)
 loss.backward()
 seconds = time.perf_counter() - t0
-peak = _status_mb("VmHWM")
+peak = status_mb("VmHWM")
 print(json.dumps({"growth_mb": peak - base, "seconds": seconds, "loss": float(loss.detach())}))

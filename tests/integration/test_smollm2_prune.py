@@ -4,7 +4,6 @@ recover; each saved output reloads in a fresh process with the in-memory logits.
 import json
 
 import pytest
-import torch
 
 from llmcompress import CalibrationConfig, EvaluationConfig, Recipe, compress
 from llmcompress.methods.distill import DistillConfig

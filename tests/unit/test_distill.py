@@ -11,7 +11,6 @@ from llmcompress.methods.distill import DistillConfig, apply_distill
 from llmcompress.methods.distill import trainer as trainer_mod
 from llmcompress.methods.distill.cache import TopKCache, build_cache
 from llmcompress.methods.distill.losses import cross_entropy, distill_loss
-from llmcompress.verify import reference_ids, reload_logits
 from tests.conftest import make_model
 
 

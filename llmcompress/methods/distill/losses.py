@@ -81,12 +81,14 @@ class _ChunkedTokenLoss(torch.autograd.Function):
                 grad[i : i + chunk_size] = torch.autograd.grad(value, sc)[0]
             total += value.detach()
         ctx.save_for_backward(grad)
+        ctx.n_rows = len(rows)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
-        return (grad.mul_(grad_out.to(grad.dtype)) if grad is not None else None, None, None) + (None,) * 8
+        # gradients for (s, fn, chunk_size, *rows): only s has one
+        return (grad.mul_(grad_out.to(grad.dtype)) if grad is not None else None, None, None) + (None,) * ctx.n_rows
 
 
 def _flat(x, width=None):

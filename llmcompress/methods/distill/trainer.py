@@ -34,14 +34,13 @@ class DistillTrainer(Trainer):
     (online) or its top-k logit cache (offline)."""
 
     def __init__(self, *args, teacher=None, cache=None, loss: str = "forward_kl", temperature: float = 1.0,
-                 beta: float = 0.5, alpha: float = 0.0, chunk_size: int = 1024, **kwargs):
+                 beta: float = 0.5, alpha: float = 0.0, chunk_size: int = 256, **kwargs):
         super().__init__(*args, **kwargs)
         if (teacher is None) == (cache is None) and alpha < 1:
             raise ValueError("give a teacher or a logit cache (not both)")
         self.teacher, self.cache = teacher, cache
         self.kd = dict(kind=loss, temperature=temperature, beta=beta, chunk_size=chunk_size)
         self.alpha = alpha
-        self.chunk_size = chunk_size
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         idx = inputs.pop("sample_idx")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ...config import check_choice, check_range
+from ...config import check_range
 from ..layerwise import LayerwiseOptions
 from ..quant.config import WeightQuantConfig
 

@@ -108,7 +108,8 @@ def _cast(layer: nn.Module, dtype):
 def apply_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx):
     config = model.config
     plan = cfg.plan(config)
-    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or heads
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     dtype = None if cfg.calibration_dtype == "auto" else DTYPES[cfg.calibration_dtype]
     influence: list[float] = []
@@ -127,7 +128,8 @@ def apply_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx):
             sq: dict = {}
 
             def add(name, x):
-                sq[name] = accumulate_sq_norms(sq.get(name, (None, 0))[0], x, sq.get(name, (None, 0))[1])
+                state, count = sq.get(name, (None, 0))
+                sq[name] = accumulate_sq_norms(state, x, count)
 
             runner.observe(observed, add)
         restore()
