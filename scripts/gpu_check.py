@@ -9,7 +9,9 @@
 4. 2:4 semi-structured sparse matmul (both backends) against dense bf16 on Llama-3-8B and
    SmolLM2 layer shapes.
 5. One Llama-3-8B-shaped GPTQ run of llmcompress alone (32 layers, 4096 / 14336, GQA 8).
-6. The exact global magnitude threshold over that model's 6.98B Linear weights.
+6. The exact global magnitude threshold over that model's 6.98B Linear weights: radix select
+   (Triton) against the sampled bracket, each checked by brute-force counts.
+7. The GPTQ column loop: Triton block kernel against the CUDA-graph and eager torch loops.
 
 Usage (on the GPU box): python scripts/gpu_check.py OUT_DIR [--budget SECONDS] [--skip=name,name]
 
@@ -108,31 +110,51 @@ def cuda_equals_cpu():
             "pytest_returncode": proc.returncode, "pytest_tail": proc.stdout.strip().splitlines()[-3:]}
 
 
-@section("gptq_cuda_graph_equals_eager", 30)
-def graph_equals_eager():
+@section("gptq_kernels_agree", 45)
+def kernels_agree():
+    """The Triton block kernel against the CUDA-graph and eager torch loops on one 3072 x 2048 weight."""
     from llmcompress.methods.gptq import gptq as G
     from llmcompress.methods.quant.grid import QuantArgs
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     X = torch.randn(4096, 2048, device="cuda", generator=gen)
     W = torch.randn(3072, 2048, device="cuda", generator=gen)
+    W[W.abs() < 0.02] = 0  # pruned weights: exercises the keep-mask
     H, _ = G.accumulate_hessian(None, X, 0)
     out = {}
-    for sym in (True, False):
+    for sym, act in ((True, True), (False, True), (True, False)):
         args = QuantArgs(4, 128, sym)
-        timings = {}
-        results = {}
-        for mode in ("1", "0"):
-            os.environ["LLMCOMPRESS_GPTQ_CUDA_GRAPH"] = mode
-            G.gptq_quantize(W, H, args, act_order=True)  # warm-up / capture
+        timings, results = {}, {}
+        for mode in ("triton", "graph", "eager"):
+            os.environ["LLMCOMPRESS_GPTQ_KERNEL"] = mode
+            G.gptq_quantize(W, H, args, act_order=act)  # warm-up / compile / capture
             torch.cuda.synchronize()
             t = time.perf_counter()
-            results[mode] = G.gptq_quantize(W, H, args, act_order=True)
+            results[mode] = G.gptq_quantize(W, H, args, act_order=act)
             torch.cuda.synchronize()
-            timings[mode] = time.perf_counter() - t
-        os.environ["LLMCOMPRESS_GPTQ_CUDA_GRAPH"] = "1"
-        out[f"sym={sym}"] = {"identical": bool(torch.equal(results["1"].weight, results["0"].weight)),
-                             "graph_s": round(timings["1"], 4), "eager_s": round(timings["0"], 4)}
+            timings[mode] = round(time.perf_counter() - t, 4)
+        os.environ.pop("LLMCOMPRESS_GPTQ_KERNEL")
+        ref = results["eager"]
+        out[f"sym={sym} act_order={act}"] = {
+            "seconds": timings,
+            **{f"{m}_identical_to_eager": bool(torch.equal(results[m].weight, ref.weight)) for m in ("triton", "graph")},
+            **{f"{m}_weights_differing": float((results[m].weight != ref.weight).float().mean()) for m in ("triton", "graph")},
+            "loss": {m: round(r.loss, 3) for m, r in results.items()},
+            "zeros_kept": bool((results["triton"].weight[W == 0] == 0).all()),
+        }
+    # Hessian of bf16 inputs: TF32 tensor cores (the CUDA path) against float32 CUDA cores
+    x = torch.randn(8192, 4096, device="cuda", generator=gen).to(torch.bfloat16)
+    ref = x.double().t() @ x.double() * (2.0 / x.shape[0])
+    hs = {}
+    for label, xin in (("tf32 (bf16 input)", x), ("ieee fp32", x.float())):
+        G.accumulate_hessian(None, xin, 0)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        H, _ = G.accumulate_hessian(None, xin, 0)
+        torch.cuda.synchronize()
+        hs[label] = {"seconds": round(time.perf_counter() - t, 4),
+                     "max_rel_err_vs_fp64": float(((H.double() - ref).abs().max() / ref.abs().max()))}
+    out["hessian_8192x4096"] = hs
     return out
 
 
@@ -148,11 +170,14 @@ def llmcompress_gptq(model, ids, group_size):
     apply_gptq(model, cfg, ctx)
     torch.cuda.synchronize()
     wall = time.perf_counter() - t
+    from llmcompress.methods.gptq.gptq import kernel_mode
+
     layer_s = ctx.notes["gptq"]["layer_seconds"]
     maths = sum(v["seconds"] for v in ctx.notes["gptq"]["layers"].values())
     return {"gptq_s": round(wall, 2), "per_layer_s_median": round(sorted(layer_s)[len(layer_s) // 2], 3),
             "per_layer_s": [round(x, 3) for x in layer_s], "gptq_maths_s": round(maths, 2),
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20),
+            "column_loop": kernel_mode(torch.device("cuda"))}
 
 
 LC_CHILD = r'''
@@ -290,7 +315,7 @@ def gptq_8b():
     return out
 
 
-@section("global_threshold_8b_shape", 30)
+@section("global_threshold_8b_shape", 40)
 def global_threshold():
     from llmcompress.methods.prune.threshold import global_kth_magnitude
 
@@ -300,22 +325,30 @@ def global_threshold():
     ws = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
     total = sum(w.numel() for w in ws)
     k = total // 2
-    times = []
-    for _ in range(4):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        thr, below, _ = global_kth_magnitude(ws, k)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    # check on one layer that the count is right: exactly `below` values under the threshold
-    n_below = sum(int((w.abs().float() < thr).sum()) for w in ws)
-    return {"weights": total, "threshold": thr, "seconds": [round(x, 4) for x in times],
-            "best_s": round(min(times[1:]), 4), "count_check": n_below == below}
+    out = {"weights": total, "dtype": str(ws[0].dtype)}
+    for method in ("count", "radix", "sample"):
+        os.environ["LLMCOMPRESS_THRESHOLD"] = method
+        times, res = [], None
+        for _ in range(5 if method == "count" else 3):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            res = global_kth_magnitude(ws, k)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        out[method] = {"result": res, "seconds": [round(x, 4) for x in times], "best_s": round(min(times[1:]), 4)}
+    os.environ.pop("LLMCOMPRESS_THRESHOLD")
+    thr, below, equal = out["count"]["result"]
+    # brute-force counts: exactly `below` scores under the threshold and `equal` at it
+    n_below = sum(int((w.abs() < thr).sum()) for w in ws)
+    n_equal = sum(int((w.abs() == thr).sum()) for w in ws)
+    out["exact"] = n_below == below and n_equal == equal and below < k <= below + equal
+    out["methods_agree"] = out["count"]["result"] == out["radix"]["result"] == out["sample"]["result"]
+    return out
 
 
 if __name__ == "__main__":
     skip = {name for a in sys.argv if a.startswith("--skip=") for name in a[7:].split(",")}
-    for fn in (cuda_equals_cpu, graph_equals_eager, gptq_16layer, bnb_decode, sparse_matmul, gptq_8b, global_threshold):
+    for fn in (cuda_equals_cpu, kernels_agree, gptq_16layer, gptq_8b, global_threshold, sparse_matmul, bnb_decode):
         if fn.__name__ in skip:
             continue
         fn()

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from ..quant.grid import QuantArgs, group_qparams, mse_shrink, qparams
+from . import kernel as _kernel
 
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,25 @@ logger = logging.getLogger(__name__)
 
 class HessianError(RuntimeError):
     """Cholesky failed even after raising the dampening."""
+
+
+@contextmanager
+def _tf32_matmul():
+    m = torch.backends.cuda.matmul
+    if hasattr(m, "fp32_precision"):  # torch >= 2.9
+        old = m.fp32_precision
+        m.fp32_precision = "tf32"
+        try:
+            yield
+        finally:
+            m.fp32_precision = old
+    else:  # pragma: no cover - older torch
+        old = m.allow_tf32
+        m.allow_tf32 = True
+        try:
+            yield
+        finally:
+            m.allow_tf32 = old
 
 
 def accumulate_hessian(H: torch.Tensor | None, x: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
@@ -55,6 +76,13 @@ def accumulate_hessian(H: torch.Tensor | None, x: torch.Tensor, count: int) -> t
         # bf16 once per batch (relative error ~2^-9, averaged over batches, far below the
         # dampening); about 4x faster than a float32 product on CPUs with AVX512-BF16.
         H.add_(torch.mm(x.t(), x).float(), alpha=2.0 / total)
+    elif x.dtype in (torch.bfloat16, torch.float16) and x.is_cuda:
+        # bf16 / fp16 values are exact in TF32 (10 mantissa bits), so TF32 tensor cores lose
+        # nothing on the inputs; only their accumulation differs from IEEE float32 (max
+        # relative error 3.6e-5 against float64 on an H100, float32 5.6e-6: far below the
+        # 1% dampening). 3.6x faster; this product was most of GPTQ's GPU time (BENCHMARKS.md).
+        with _tf32_matmul():
+            H.addmm_(x.t().float(), x.float(), alpha=2.0 / total)
     else:
         H.addmm_(x.t().float(), x.float(), alpha=2.0 / total)
     return H, total
@@ -122,6 +150,32 @@ def quantize_columns(Wt, U1, dinv, St, Zt, Kt, Qt, Et, start: int, end: int, arg
             Qt[i].mul_(Kt[i])
         torch.sub(w, Qt[i], out=Et[i]).mul_(dinv[i])
         Wt[i:].addr_(U1[i, i:], Et[i], alpha=-1)
+
+
+KERNELS = ("auto", "triton", "graph", "eager")
+
+
+def kernel_mode(device: torch.device) -> str:
+    """How the column loop runs: ``triton`` (one kernel per block, CUDA), ``graph`` (the torch
+    loop replayed as a CUDA graph) or ``eager`` (the torch loop; the CPU path).
+
+    ``LLMCOMPRESS_GPTQ_KERNEL`` overrides the automatic choice (``auto``: triton on CUDA when
+    Triton imports, else graph on CUDA, else eager); ``triton`` on a CPU tensor needs
+    ``TRITON_INTERPRET=1`` (tests). ``LLMCOMPRESS_GPTQ_CUDA_GRAPH=0`` still selects eager.
+    """
+    mode = os.environ.get("LLMCOMPRESS_GPTQ_KERNEL", "auto").lower()
+    if mode not in KERNELS:
+        raise ValueError(f"LLMCOMPRESS_GPTQ_KERNEL={mode!r}: expected one of {', '.join(KERNELS)}")
+    if mode == "triton" and not _kernel.available():
+        raise RuntimeError("LLMCOMPRESS_GPTQ_KERNEL=triton but Triton is not installed; pip install triton, "
+                           "or unset the variable")
+    if mode == "auto":
+        if device.type != "cuda":
+            return "eager"
+        if os.environ.get("LLMCOMPRESS_GPTQ_CUDA_GRAPH", "1") == "0":
+            return "eager"
+        return "triton" if _kernel.available() else "graph"
+    return mode
 
 
 # On CUDA the column loop is bound by kernel-launch overhead (several tiny kernels per
@@ -257,7 +311,24 @@ def gptq_quantize(
     Qt = torch.zeros_like(Wt)
     loss = torch.zeros(rows, device=Wt.device)
     dinv_all = 1.0 / torch.diag(U)
-    graph = _block_graph(rows, block_size, zero is not None, Kt is not None, args, Wt.device) if static else None
+    mode = kernel_mode(Wt.device)
+    graph = _block_graph(rows, block_size, zero is not None, Kt is not None, args, Wt.device) \
+        if static and mode == "graph" else None
+
+    def columns(W1, U1, dinv, S1, Z1, K1, Q1, E1, j0, j1, later_needed):
+        nonlocal mode
+        if mode == "triton":
+            try:
+                _kernel.quantize_columns_triton(W1, U1, dinv, S1, Z1, K1, Q1, E1, j0, j1, args, store_w=later_needed)
+                return
+            except Exception as exc:  # a GPU or driver Triton cannot compile for: nothing was written yet
+                if os.environ.get("LLMCOMPRESS_GPTQ_KERNEL") == "triton":
+                    raise
+                logger.warning("GPTQ Triton kernel failed (%s); using the torch column loop", exc)
+                _kernel.disable()
+                mode = "eager"
+        quantize_columns(W1, U1, dinv, S1, Z1, K1, Q1, E1, j0, j1, args)
+
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         n = i2 - i1
@@ -269,7 +340,7 @@ def gptq_quantize(
             W1 = Wt[i1:i2].clone()
             Q1, E1 = torch.zeros_like(W1), torch.zeros_like(W1)
             if static:
-                quantize_columns(W1, U1, dinv, St[i1:i2], Zt[i1:i2] if Zt is not None else None, K1, Q1, E1, 0, n, args)
+                columns(W1, U1, dinv, St[i1:i2], Zt[i1:i2] if Zt is not None else None, K1, Q1, E1, 0, n, False)
             else:
                 S1 = torch.empty_like(W1)
                 Z1 = torch.empty_like(W1) if zero is not None else None
@@ -282,7 +353,7 @@ def gptq_quantize(
                     if Z1 is not None:
                         zero[:, grp] = z_
                         Z1[j : j + g] = z_.unsqueeze(0)
-                    quantize_columns(W1, U1, dinv, S1, Z1, K1, Q1, E1, j, j + g, args)
+                    columns(W1, U1, dinv, S1, Z1, K1, Q1, E1, j, j + g, j + g < n)
         Qt[i1:i2] = Q1
         loss += E1.pow(2).sum(0) / 2
         Wt[i2:] -= U[i1:i2, i2:].t() @ E1

@@ -13,18 +13,44 @@ Concatenating and sorting (or ``kthvalue``) needs a copy of every weight, and
 3. the exact k-th value is selected among the gathered ones. If the bracket missed (it
    cannot in practice), it is widened and the pass repeated, so the answer is always exact.
 
+On CUDA, fused Triton counting passes (:mod:`.radix`) replace steps 2-3: the gather in step 2
+needs a host sync per tensor and several kernels per chunk.
+
 Ties are resolved by position (:func:`prune_masks`), so the sparsity is exact too.
 All work happens on the tensors' own device (CPU or GPU), chunk by chunk.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from typing import Sequence
 
 import torch
 
+from . import radix
+
+logger = logging.getLogger(__name__)
+
 CHUNK = 1 << 26  # elements per streaming step: bounds temporary memory
+METHODS = ("auto", "sample", "count", "radix")
+
+
+def _gpu_method(tensors):
+    """The Triton selection to use, or None for the sampled bracket below.
+
+    ``count`` (sampled bracket + counting passes, :mod:`.radix`) on CUDA when Triton imports;
+    the streaming bracket below elsewhere (on CPU it is the faster one).
+    ``LLMCOMPRESS_THRESHOLD=sample|count|radix`` overrides; ``count`` and ``radix`` on CPU
+    tensors need ``TRITON_INTERPRET=1`` (tests).
+    """
+    method = os.environ.get("LLMCOMPRESS_THRESHOLD", "auto").lower()
+    if method not in METHODS:
+        raise ValueError(f"LLMCOMPRESS_THRESHOLD={method!r}: expected one of {', '.join(METHODS)}")
+    if method == "auto":
+        method = "count" if radix.available() and all(t.is_cuda for t in tensors) else "sample"
+    return {"count": radix.bracket_kth_magnitude, "radix": radix.radix_kth_magnitude}.get(method)
 
 
 def _chunks(t: torch.Tensor):
@@ -35,7 +61,9 @@ def _chunks(t: torch.Tensor):
 
 def _scores(c: torch.Tensor, scale: float) -> torch.Tensor:
     a = c.abs()
-    return a.div_(scale) if scale != 1.0 else a
+    # Scaled scores in float32 whatever the weights' dtype: torch rounds a Python scalar
+    # differently for bf16 tensors on CPU and CUDA, and the CUDA radix select must agree.
+    return a.float().div_(scale) if scale != 1.0 else a
 
 
 def _sample(tensors: Sequence[torch.Tensor], m: int, gen: torch.Generator, scales=None) -> torch.Tensor:
@@ -64,6 +92,15 @@ def global_kth_magnitude(tensors: Sequence[torch.Tensor], k: int, sample: int = 
     total = sum(t.numel() for t in tensors)
     if not 1 <= k <= total:
         raise ValueError(f"k={k} outside [1, {total}]")
+    select = _gpu_method(tensors)
+    if select is not None:
+        try:
+            return select(tensors, k, scales)
+        except Exception as exc:  # Triton cannot compile for this GPU: the sampled bracket is exact too
+            if os.environ.get("LLMCOMPRESS_THRESHOLD"):
+                raise
+            logger.warning("Triton threshold selection failed (%s); using the sampled bracket", exc)
+            radix.disable()
     gen = torch.Generator().manual_seed(seed)
     s = _sample(tensors, min(sample, total), gen, scales).sort().values
     m = s.numel()
