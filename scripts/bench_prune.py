@@ -1,4 +1,4 @@
-"""Pruning: perplexity of magnitude (per layer, global, scale-normalized global), Wanda and
+"""Pruning: perplexity of magnitude (per layer, global, scale-normalized global, OWL), Wanda and
 SparseGPT at 50% and 2:4, structured MLP pruning, beside llm-compressor's Wanda and SparseGPT on
 the same calibration tokens; and the cost of the exact global threshold against
 torch.nn.utils.prune.global_unstructured.
@@ -64,7 +64,7 @@ def main():
         params = count_parameters(model)
         res = {"dense": {"ppl": ppl_by_text(model, windows), "params": params}}
         del model
-        for scope in ("layer", "global", "global_normalized"):
+        for scope in ("layer", "global", "global_normalized", "owl"):
             model, _, _ = models.load(src, dtype="float32")
             apply_prune(model, PruneConfig(sparsity=args.sparsity, scope=scope))
             res[f"magnitude {args.sparsity:.0%}, {scope}"] = {"ppl": ppl_by_text(model, windows), "params": params}
@@ -117,7 +117,8 @@ def main():
         "tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` (another domain), "
         "every output evaluated by the same code in float32. Prune time and peak RSS are measured inside each "
         "tool's own child process (model load excluded from the time, included in the memory); '-' for the "
-        "in-process magnitude runs.\n\n"
+        "in-process magnitude runs. `owl`: per-decoder-layer sparsities from the share of outlier weights "
+        "(OWL; |w| above 10x its matrix's mean, sparsities within 0.5 +- 0.08).\n\n"
         "| model | method | ppl wiki_eval | ppl python_docs | parameters | prune (s) | peak RSS (MB) |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
         "\n\nGlobal threshold and masking, each tool in its own process (fp32 model; peak RSS includes the "

@@ -43,7 +43,11 @@ def test_bad_patterns(bad):
 
 @pytest.mark.parametrize("kw, match", [({"sparsity": 1.0}, "sparsity"), ({"sparsity": -0.1}, "sparsity"),
                                        ({"pattern": "2:4", "sparsity": 0.25}, "0.5"),
-                                       ({"pattern": "2:4", "scope": "global"}, "scope")])
+                                       ({"pattern": "2:4", "scope": "global"}, "scope"),
+                                       ({"pattern": "2:4", "scope": "owl"}, "scope"),
+                                       ({"scope": "owl", "sparsity": 0.05, "owl_lambda": 0.08}, "owl_lambda"),
+                                       ({"scope": "owl", "owl_lambda": -0.1}, "owl_lambda"),
+                                       ({"scope": "owl", "owl_threshold": 0}, "owl_threshold")])
 def test_bad_configs(kw, match):
     with pytest.raises(ConfigError, match=match):
         PruneConfig(**kw)
@@ -161,3 +165,39 @@ def test_report_lists_sparsity_per_layer(tiny_model_dir, tmp_path):
     assert "### Sparsity per layer" in text and "| layer | q_proj | k_proj |" in text
     rows = [l for l in text.splitlines() if l.startswith("| 0 |") or l.startswith("| 1 |")]
     assert len(rows) == 2 and all("%" in r for r in rows)
+
+
+def test_owl_allocation_formula():
+    from llmcompress.methods.prune.owl import outlier_ratio, owl_sparsities
+
+    sp = owl_sparsities([0.01, 0.03, 0.02, 0.05], 0.6, 0.1)
+    assert abs(sum(sp) / 4 - 0.6) < 1e-12  # mean sparsity unchanged
+    assert abs((max(sp) - min(sp)) - 0.2) < 1e-12  # spread 2 * lambda
+    assert sp[3] == min(sp) and sp[0] == max(sp)  # more outliers, fewer zeros
+    assert sp[1] < sp[2]
+    assert owl_sparsities([0.02] * 3, 0.5, 0.1) == [0.5] * 3
+    w = torch.ones(10, 10)
+    w[0, :3] = 100.0  # mean |w| = 3.97: exactly these three lie above 2x the mean
+    assert outlier_ratio([w], 2.0) == 3 / 100
+    assert outlier_ratio([w, torch.ones(100)], 2.0) == 3 / 200
+
+
+def test_owl_scope_prunes_outlier_layers_less(tiny_model):
+    from llmcompress.context import Context
+
+    layers = linear_layers(tiny_model)
+    # plant outliers in decoder layer 1: it must come out less sparse than layer 0
+    with torch.no_grad():
+        for name, m in layers.items():
+            if ".layers.1." in name:
+                m.weight.view(-1)[:: 37] *= 40
+    total = sum(m.weight.numel() for m in layers.values())
+    ctx = Context(device=torch.device("cpu"), calibration=None)
+    apply_prune(tiny_model, PruneConfig(sparsity=0.5, scope="owl", owl_threshold=5, owl_lambda=0.1), ctx)
+    per = ctx.notes["prune"]["per_layer_sparsity"]
+    s0 = [v for k, v in per.items() if ".layers.0." in k]
+    s1 = [v for k, v in per.items() if ".layers.1." in k]
+    assert max(s1) < min(s0)
+    assert abs(sum(s0) / len(s0) - 0.6) < 0.01 and abs(sum(s1) / len(s1) - 0.4) < 0.01  # two layers: +-lambda
+    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+    assert abs(zeros / total - 0.5) < 0.005

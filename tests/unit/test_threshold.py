@@ -71,3 +71,25 @@ def test_scaled_scores_and_in_place():
         assert torch.equal(c != 0, m)
     # both layers lose about half: scores are comparable across scales
     assert 0.3 < counts[0] / 4096 < 0.7
+
+
+@pytest.mark.parametrize("chunk", [None, 1000])
+def test_prune_replacing_equals_in_place(monkeypatch, chunk):
+    """The CPU path writes new tensors (no copy-on-write of memory-mapped weights): same zeros,
+    sources untouched, every tensor handed to ``replace`` once, also across chunk boundaries."""
+    from llmcompress.methods.prune import threshold as T
+
+    if chunk:
+        monkeypatch.setattr(T, "CHUNK", chunk)
+    g = torch.Generator().manual_seed(3)
+    ts = [torch.randn(40, 64, generator=g), torch.randn(3000, generator=g), torch.ones(500)]  # ties in the last
+    sources = [t.clone() for t in ts]
+    in_place = [t.clone() for t in ts]
+    T.prune_in_place(in_place, 0.6)
+    got = {}
+    work = list(ts)
+    T.prune_replacing(work, 0.6, replace=lambda i, new: got.setdefault(i, new))
+    assert sorted(got) == [0, 1, 2]
+    for i in range(3):
+        assert torch.equal(got[i], in_place[i]) and work[i] is got[i]
+        assert torch.equal(ts[i], sources[i])  # the inputs were only read

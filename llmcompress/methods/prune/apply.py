@@ -4,7 +4,7 @@ Recipe::
 
     - method: prune
       sparsity: 0.5
-      scope: layer            # layer | row | global | global_normalized
+      scope: layer            # layer | row | global | global_normalized | owl
       # pattern: "2:4"        # N:M instead of a sparsity
 
 ``layer`` removes the same fraction from every Linear (local pruning), ``row`` the same
@@ -12,6 +12,9 @@ fraction from every output row. ``global`` removes the smallest magnitudes acros
 targeted layers with one exact threshold (:mod:`.threshold`, no concatenation). Layers
 differ in scale, so plain global pruning can empty small-scale layers; ``global_normalized``
 ranks ``|w| / mean|w|`` of each layer instead, one threshold over comparable scores.
+``owl`` gives each decoder layer its own sparsity from its share of outlier weights (OWL,
+:mod:`.owl`: more outliers, fewer zeros; mean sparsity unchanged), then prunes each matrix
+of the layer to that sparsity.
 Weights are zeroed in place: the checkpoint is dense with zeros and loads anywhere (no
 ``weight_orig`` / ``weight_mask`` leftovers).
 """
@@ -25,25 +28,36 @@ import torch
 
 from ...config import check_choice
 from ...errors import ConfigError
+from ...modeling import decoder_layer_prefix
 from ...registry import register_method
 from .config import SparsityConfig
 from .masks import layer_mask, nm_mask, row_mask
-from .threshold import prune_in_place
+from .owl import outlier_ratio, owl_sparsities
+from .threshold import prune_in_place, prune_replacing
 
 logger = logging.getLogger(__name__)
-SCOPES = ("layer", "row", "global", "global_normalized")
+SCOPES = ("layer", "row", "global", "global_normalized", "owl")
 
 
 @dataclass
 class PruneConfig(SparsityConfig):
     """Magnitude pruning (see module docstring)."""
 
-    scope: str = field(default="layer", metadata={"help": "layer | row | global | global_normalized (ignored with a pattern)"})
+    scope: str = field(default="layer", metadata={"help": "layer | row | global | global_normalized | owl"})
+    owl_threshold: float = field(default=10.0, metadata={"help": "owl: a weight is an outlier above this many times its matrix's mean |w|"})
+    owl_lambda: float = field(default=0.08, metadata={"help": "owl: largest difference between a decoder layer's sparsity and 'sparsity'"})
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("scope", self.scope, SCOPES)
-        if self.pattern and self.scope.startswith("global"):
+        if self.scope == "owl":
+            if self.owl_threshold <= 0:
+                raise ConfigError(f"'owl_threshold' must be > 0; got {self.owl_threshold}", "owl_threshold")
+            room = min(self.sparsity, 1 - self.sparsity)
+            if not 0 <= self.owl_lambda < room or (self.owl_lambda == 0 and room == 0):
+                raise ConfigError(f"'owl_lambda' must be in [0, {room:g}) so that every layer's sparsity stays in "
+                                  f"[0, 1) around sparsity {self.sparsity}; got {self.owl_lambda}", "owl_lambda")
+        if self.pattern and (self.scope.startswith("global") or self.scope == "owl"):
             raise ConfigError(f"pattern {self.pattern} fixes the sparsity of every group of inputs; "
                               f"it cannot be combined with scope {self.scope}: use scope layer", "scope")
 
@@ -64,14 +78,48 @@ def apply_prune(model, cfg: PruneConfig, ctx=None):
     elif cfg.scope in ("layer", "row"):
         pick = layer_mask if cfg.scope == "layer" else row_mask
         for w in weights:
-            if cfg.scope == "layer" and w.numel() > 2**24:
-                prune_in_place([w], cfg.sparsity)  # chunked: no full-size score copy
+            if cfg.scope == "layer":
+                _prune_layer(w, cfg.sparsity)
             else:
                 w.masked_fill_(pick(w.abs(), cfg.sparsity), 0)
+    elif cfg.scope == "owl":
+        allocation = _owl(model, layers, cfg)
+        for name, module in layers.items():
+            _prune_layer(module.weight.data, allocation.get(name, cfg.sparsity))
     else:
         scales = ([w.abs().float().mean().clamp_min(1e-12).item() for w in weights]
                   if cfg.scope == "global_normalized" else None)
-        prune_in_place(weights, cfg.sparsity, scales)
+        if all(w.device.type == "cpu" for w in weights):
+            # fresh tensors: in-place writes into memory-mapped checkpoints copy every page
+            modules = list(layers.values())
+
+            def replace(i, new):
+                modules[i].weight.data = new
+
+            prune_replacing(weights, cfg.sparsity, scales, replace)
+        else:
+            prune_in_place(weights, cfg.sparsity, scales)
     if ctx is not None:
         ctx.notes["prune"] = {"per_layer_sparsity": per_layer_sparsity(layers)}
     return model
+
+
+def _prune_layer(w: torch.Tensor, sparsity: float) -> None:
+    if w.numel() > 2**24:
+        prune_in_place([w], sparsity)  # chunked: no full-size score copy
+    else:
+        w.masked_fill_(layer_mask(w.abs(), sparsity), 0)
+
+
+def _owl(model, layers: dict, cfg: PruneConfig) -> dict[str, float]:
+    """Sparsity of every selected Linear from its decoder layer's outlier ratio (OWL)."""
+    prefix = decoder_layer_prefix(model)
+    groups: dict[int, list[str]] = {}
+    for name in layers:
+        if name.startswith(prefix + "."):
+            groups.setdefault(int(name[len(prefix) + 1 :].split(".")[0]), []).append(name)
+    order = sorted(groups)
+    ratios = [outlier_ratio([layers[n].weight for n in groups[i]], cfg.owl_threshold) for i in order]
+    sparsities = owl_sparsities(ratios, cfg.sparsity, cfg.owl_lambda)
+    logger.info("OWL layer sparsities: %s", ", ".join(f"{s:.3f}" for s in sparsities))
+    return {n: s for i, s in zip(order, sparsities) for n in groups[i]}

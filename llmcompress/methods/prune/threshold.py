@@ -183,6 +183,41 @@ def prune_in_place(tensors: Sequence[torch.Tensor], sparsity: float, scales: Seq
 
 
 @torch.no_grad()
+def prune_replacing(tensors: list[torch.Tensor], sparsity: float, scales: Sequence[float] | None = None,
+                    replace=None) -> None:
+    """The selection of :func:`prune_in_place`, each tensor written into a new one.
+
+    On CPU, weights that transformers memory-maps from safetensors are copy-on-write pages:
+    writing them in place costs a page copy per 4 KiB, more than the pruning itself (1.07 s
+    against 0.59 s for SmolLM2's Linear weights here). Each finished tensor is handed to
+    ``replace(i, new)`` and put in ``tensors[i]``, so the caller can drop the old one at once
+    (only one extra tensor is alive when the old ones are not memory-mapped).
+    """
+    k = round(sparsity * sum(t.numel() for t in tensors))
+    current: dict[int, torch.Tensor] = {}
+
+    def finish(i):
+        new = current.pop(i)
+        tensors[i] = new
+        if replace is not None:
+            replace(i, new)
+
+    def write(i, start, keep):
+        if i not in current:
+            for j in list(current):
+                finish(j)
+            current[i] = torch.empty_like(tensors[i])
+        src = tensors[i].reshape(-1)[start : start + keep.numel()]
+        torch.mul(src, keep, out=current[i].view(-1)[start : start + keep.numel()])
+        if start + keep.numel() == tensors[i].numel():
+            finish(i)
+
+    if k == 0:
+        return
+    _keep_masks(tensors, sparsity, scales, write)
+
+
+@torch.no_grad()
 def prune_masks(tensors: Sequence[torch.Tensor], sparsity: float, scales: Sequence[float] | None = None) -> list[torch.Tensor]:
     """Boolean keep-masks of the same selection as :func:`prune_in_place` (tensors untouched)."""
     masks = [torch.ones_like(t, dtype=torch.bool) for t in tensors]
