@@ -44,7 +44,9 @@ class Result:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .distributed import local_device
+
+    return local_device()
 
 
 def compress(
@@ -95,6 +97,13 @@ def compress(
     eval_cfg = None if evaluation is False else (evaluation or recipe.evaluation)
     verify = recipe.output.verify if verify is None else verify
     device = torch.device(device) if device is not None else default_device()
+    from . import distributed
+
+    # Under accelerate launch / torchrun every process runs the recipe (the Trainer shares
+    # the training between them); only the main one measures, writes and pushes.
+    secondary = not distributed.is_main()
+    if secondary:
+        eval_cfg = None
 
     # ---- checks that need no weights
     repo_id = push_to_hub or recipe.push_to_hub
@@ -107,7 +116,9 @@ def compress(
             raise ConfigError("push_to_hub needs an output directory to upload: pass output_dir", "push_to_hub")
         hub.preflight(repo_id)
     if output_dir is not None:
-        export.check_output_dir(output_dir, overwrite)
+        export.check_output_dir(output_dir, overwrite)  # every process: they all fail before any work
+    if secondary:
+        output_dir, repo_id = None, None
     needs_calib = any(s.NEEDS_CALIBRATION for s in recipe.stages)
     for src in ([calib_cfg] if needs_calib and calib_cfg else []) + ([eval_cfg] if eval_cfg else []):
         data_mod.check_source(src)

@@ -21,6 +21,8 @@ def _cmd_run(args) -> int:
     result = compress(args.model, recipe, output, overwrite=args.overwrite, device=args.device,
                       evaluation=evaluation, verify=False if args.no_verify else None,
                       push_to_hub=args.push_to_hub, private=args.private)
+    if result.output_dir is None:  # a secondary process under accelerate launch: the main one reports
+        return 0
     if result.before or result.after:
         print(result.table())
     if result.reload_max_abs_diff is not None:

@@ -185,3 +185,93 @@ def test_teacher_in_4bit(tiny_model_dir, tokenizer):
                                                                         max_steps=2, batch_size=2), ctx)
     assert ctx.notes["distill"]["steps"] == 2 and torch.isfinite(torch.tensor(ctx.notes["distill"]["train_loss"]))
     assert not student.training
+
+
+def test_qlora_student(tiny_model_dir, tokenizer, tmp_path):
+    """QLoRA: only LoRA adapters train, on a frozen nf4 copy; the output holds dequant(nf4(W)) + BA
+    for the adapted Linears and the student's own other weights; it saves and reloads equal."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as bnbf
+
+    from llmcompress.methods.distill import qlora as Q
+
+    student_dir = tmp_path / "student"
+    original = make_model(layers=1, seed=4)
+    original.save_pretrained(student_dir)
+    tokenizer.save_pretrained(student_dir)
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+
+    seen = {}
+    real = Q.qlora_student
+
+    def spy(model, *a, **kw):
+        peft_model = real(model, *a, **kw)
+        seen["trainable"] = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+        w = peft_model.get_submodule("base_model.model.model.layers.0.mlp.down_proj.base_layer").weight
+        seen["base"] = bnbf.dequantize_4bit(w.data, w.quant_state).float().clone()
+        seen["peft"] = peft_model
+        return peft_model
+
+    Q.qlora_student = spy
+    try:
+        recipe = Recipe(stages=[DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=4,
+                                              batch_size=2, learning_rate=5e-3, lora_r=4, qlora=True)],
+                        name="q", calibration=CalibrationConfig(num_samples=8, seq_len=32))
+        res = compress(str(student_dir), recipe, tmp_path / "out", evaluation=False)
+    finally:
+        Q.qlora_student = real
+    assert seen["trainable"] and all("lora_" in n for n in seen["trainable"])
+    assert res.reload_max_abs_diff is not None and res.reload_max_abs_diff < 1e-4
+    from transformers import AutoModelForCausalLM
+
+    out = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).state_dict()
+    lora = seen["peft"].get_submodule("base_model.model.model.layers.0.mlp.down_proj")
+    delta = lora.get_delta_weight("default").float()
+    assert delta.abs().max() > 0  # the adapters learned something
+    w = out["model.layers.0.mlp.down_proj.weight"]
+    assert torch.allclose(w, seen["base"] + delta, atol=1e-6)
+    assert not torch.equal(w, before["model.layers.0.mlp.down_proj.weight"])
+    for k in ("model.embed_tokens.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight"):
+        assert torch.equal(out[k], before[k])  # frozen in the 4-bit copy: the student's own values
+
+
+def test_qlora_needs_lora_rank():
+    with pytest.raises(ConfigError, match="lora_r"):
+        DistillConfig(teacher="x", qlora=True)
+
+
+def test_data_parallel_run_under_a_launcher(tiny_model_dir, tokenizer, tmp_path):
+    """Two processes under torchrun (what ``accelerate launch --multi_gpu`` starts; gloo on CPU):
+    the Trainer shares the batches, the main process builds the logit cache once, and only it
+    measures and writes the output."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    student = tmp_path / "student"
+    make_model(layers=1, seed=3).save_pretrained(student)
+    tokenizer.save_pretrained(student)
+    (tmp_path / "r.yaml").write_text(f"""name: ddp
+stages:
+  - method: distill
+    teacher: {tiny_model_dir}
+    teacher_dtype: float32
+    top_k: 8
+    cache_dir: {tmp_path / 'cache'}
+    max_steps: 3
+    batch_size: 2
+calibration: {{source: wiki_calib, num_samples: 16, seq_len: 32}}
+evaluation: {{source: wiki_eval, max_tokens: 256, seq_len: 64}}
+""")
+    cli = Path(sys.executable).parent / "llmcompress"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
+                           str(cli), "run", str(tmp_path / "r.yaml"), "--model", str(student), "--output",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1 and proc.stdout.count("| perplexity |") == 1
+    import json
+
+    notes = json.loads((tmp_path / "out" / "llmcompress_report.json").read_text())["notes"]["distill"]
+    assert notes["processes"] == 2 and notes["steps"] == 3 and notes["tokens"] == 3 * 2 * 2 * 32
+    assert (tmp_path / "cache" / "index.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "r.yaml", "student"]

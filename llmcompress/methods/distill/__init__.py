@@ -14,6 +14,8 @@ Recipe (the model being compressed is the student; the calibration section is th
       top_k: 64                       # >0: cache the teacher's top-k logits once, train offline
       max_steps: 200
       learning_rate: 5.0e-5
+      # lora_r: 16                    # train LoRA adapters instead (peft), merged into the output
+      # qlora: true                   # ... on a frozen nf4 copy of the student (bitsandbytes)
     calibration: {source: wiki_calib, num_samples: 512, seq_len: 256}
 """
 
@@ -29,12 +31,14 @@ from typing import ClassVar
 import torch
 
 from ...config import check_choice, check_range
+from ...distributed import main_process_first, world_size
 from ...errors import ConfigError
 from ...modeling import count_parameters
 from ...registry import MethodConfig, register_method
 from .losses import LOSSES
 
 logger = logging.getLogger(__name__)
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
@@ -67,6 +71,7 @@ class DistillConfig(MethodConfig):
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in checkpoint_dir"})
     lora_r: int = field(default=0, metadata={"help": ">0: train LoRA adapters of this rank (peft), merged into the output"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling"})
+    qlora: bool = field(default=False, metadata={"help": "LoRA on a frozen nf4 (bitsandbytes) copy of the student (QLoRA); the output is the dequantized base plus the merged adapters"})
     seed: int = field(default=0, metadata={"help": "data order and initialisation seed"})
     logging_steps: int = field(default=10, metadata={"help": "log the loss every N steps"})
 
@@ -83,6 +88,8 @@ class DistillConfig(MethodConfig):
         for key in ("max_steps", "batch_size", "grad_accum", "chunk_size", "logging_steps"):
             check_range(key, getattr(self, key), 1)
         check_range("learning_rate", self.learning_rate, 0, lo_open=True)
+        if self.qlora and not self.lora_r:
+            raise ConfigError("qlora trains LoRA adapters on a 4-bit base: set lora_r (e.g. 16)", "qlora")
         if self.resume and not self.save_steps:
             raise ConfigError("resume needs checkpoints: set save_steps (and the same checkpoint_dir)", "resume")
 
@@ -170,6 +177,9 @@ def apply_distill(model, cfg: DistillConfig, ctx):
     from .trainer import DistillTrainer, TokenWindows, collate
     from ...models import cache_dir
 
+    if world_size() > 1 and cfg.save_steps and not cfg.checkpoint_dir:
+        raise ConfigError("with several processes, checkpoints need one folder they all reach: set checkpoint_dir",
+                          "checkpoint_dir")
     device = ctx.device
     ids = ctx.calibration_ids()
     teacher, teacher_tok, teacher_src = _load_teacher(cfg, device)
@@ -187,10 +197,11 @@ def apply_distill(model, cfg: DistillConfig, ctx):
     cache = None
     if cfg.top_k:
         folder = Path(cfg.cache_dir or cache_dir() / "distill" / cache_key(teacher_src.base_model, ids, cfg.top_k))
-        if not (folder / "index.json").exists():
-            t0 = time.perf_counter()
-            build_cache(teacher, ids, folder, cfg.top_k, teacher_name=teacher_src.base_model, device=device)
-            notes["cache_seconds"] = round(time.perf_counter() - t0, 1)
+        with main_process_first():  # several processes: the main one builds, the others read
+            if not (folder / "index.json").exists():
+                t0 = time.perf_counter()
+                build_cache(teacher, ids, folder, cfg.top_k, teacher_name=teacher_src.base_model, device=device)
+                notes["cache_seconds"] = round(time.perf_counter() - t0, 1)
         cache = TopKCache(folder)
         if len(cache) != len(ids) or not torch.equal(cache.input_ids(), ids.long()):
             raise ConfigError(f"the logit cache in {folder} was built from other token windows: delete it or "
@@ -203,12 +214,15 @@ def apply_distill(model, cfg: DistillConfig, ctx):
 
     set_seed(cfg.seed)
     student = model
-    if cfg.lora_r:
+    if cfg.qlora:
+        from .qlora import qlora_student
+
+        student = qlora_student(model, cfg.lora_r, cfg.lora_alpha, LORA_TARGETS, cfg.gradient_checkpointing)
+    elif cfg.lora_r:
         from peft import LoraConfig, get_peft_model
 
         student = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM",
-                                                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                   "gate_proj", "up_proj", "down_proj"]))
+                                                   target_modules=LORA_TARGETS))
     student.train()
     out_dir = cfg.checkpoint_dir or tempfile.mkdtemp(prefix="llmcompress-distill-")
     args = TrainingArguments(
@@ -233,11 +247,16 @@ def apply_distill(model, cfg: DistillConfig, ctx):
     result = trainer.train(resume_from_checkpoint=resume)
     notes.update({"steps": trainer.state.global_step, "train_seconds": round(time.perf_counter() - t0, 1),
                   "train_loss": result.training_loss,
-                  "tokens": trainer.state.global_step * cfg.batch_size * cfg.grad_accum * ids.shape[1],
+                  "processes": world_size(),
+                  "tokens": trainer.state.global_step * cfg.batch_size * cfg.grad_accum * world_size() * ids.shape[1],
                   "log": [{k: v for k, v in h.items() if k in ("step", "loss", "learning_rate")}
                           for h in trainer.state.log_history if "loss" in h],
                   "checkpoint_dir": out_dir, "resumed_from": resume})
-    if cfg.lora_r:
+    if cfg.qlora:
+        from .qlora import merge_into
+
+        student = merge_into(model, student)
+    elif cfg.lora_r:
         student = student.merge_and_unload()
     student.eval()
     ctx.notes["distill"] = notes
