@@ -5,6 +5,11 @@ training throughput with the top-k cache against the teacher in the loop with a 
 One run, one table, written to BENCHMARKS.md (section ``distill``).
 
 Usage: python scripts/bench_distill.py [--model smollm2-135m] [--mlp-ratio 0.25] [--steps 60]
+
+Two setups: (b) the default, a structurally pruned copy of the model learning from the unpruned one;
+(a) a smaller member of the family learning from a larger one, e.g.
+``--model qwen2.5-coder-0.5b --teacher qwen2.5-coder-1.5b --mlp-ratio 0 --section distill_qwen
+--variants ce,fkl,rkl,jsd --skip-memory`` (needs ``WITH_1_5B=1 bash scripts/setup_bench_models.sh``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,18 @@ from llmcompress.methods.structured import StructuredPruneConfig, apply_structur
 from llmcompress.modeling import count_parameters
 
 TEXTS = ("wiki_eval", "python_docs")
+VARIANTS = {  # key: (label, DistillConfig options); top_k: 0 means the teacher stays in the loop
+    "ce": ("cross-entropy only", dict(alpha=1.0)),
+    "fkl": ("forward KL", dict(alpha=0.0)),
+    "fkl_ce": ("forward KL + CE (alpha 0.5)", dict(alpha=0.5)),
+    "fkl_t2_ce": ("forward KL T=2 + CE (alpha 0.5)", dict(alpha=0.5, temperature=2.0)),
+    "rkl": ("reverse KL", dict(loss="reverse_kl", alpha=0.0)),
+    "rkl_ce": ("reverse KL + CE (alpha 0.5)", dict(loss="reverse_kl", alpha=0.5)),
+    "jsd": ("JSD(0.5)", dict(loss="jsd", alpha=0.0)),
+    "jsd_ce": ("JSD(0.5) + CE (alpha 0.5)", dict(loss="jsd", alpha=0.5)),
+    "online_naive": ("forward KL + CE, teacher online, naive loss", dict(alpha=0.5, top_k=0, chunk_size=10**9)),
+}
+DEFAULT_VARIANTS = "ce,fkl,fkl_ce,fkl_t2_ce,rkl_ce,jsd_ce,online_naive"
 
 
 class EvalAt(TrainerCallback):
@@ -51,39 +68,45 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--top-k", type=int, default=32)
     ap.add_argument("--precision", default="bf16", help="mixed precision of training: bf16 | no")
+    ap.add_argument("--teacher", default=None, help="teacher alias (default: --model, unpruned)")
+    ap.add_argument("--teacher-dtype", default="float32")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list of: " + ", ".join(VARIANTS))
+    ap.add_argument("--section", default="distill", help="BENCHMARKS.md section to write")
+    ap.add_argument("--skip-memory", action="store_true", help="skip the loss-step memory measurement")
     ap.add_argument("--render", help="only re-render the table from a results.json of an earlier run")
     args = ap.parse_args()
     if args.render:
         saved = json.loads(Path(args.render).read_text())
         return render(args, saved["results"], saved["mem"])
     work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
+    teacher = args.teacher or args.model
     dense, tok, src = models.load(args.model, dtype="float32")
     windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=2048, seq_len=512)) for t in TEXTS}
     train_ids = calibration_batches(tok, CalibrationConfig(num_samples=args.samples, seq_len=args.seq_len, seed=1))
-    prune_ids = calibration_batches(tok, CalibrationConfig(num_samples=64, seq_len=512, seed=0))
-    results = {"dense": {"ppl": ppl_by_text(dense, windows), "params": count_parameters(dense)}}
-
-    pruned = copy.deepcopy(dense)
-    apply_structured(pruned, StructuredPruneConfig(mlp_ratio=args.mlp_ratio),
-                     Context(tokenizer=tok, calibration=lambda: prune_ids))
-    results["pruned"] = {"ppl": ppl_by_text(pruned, windows), "params": count_parameters(pruned)}
-    del dense
+    results = {}
+    if args.teacher:
+        t_model, _, _ = models.load(teacher, dtype="float32")
+        results[f"teacher ({teacher})"] = {"ppl": ppl_by_text(t_model, windows), "params": count_parameters(t_model)}
+        del t_model
+        results["student, untrained"] = {"ppl": ppl_by_text(dense, windows), "params": count_parameters(dense)}
+        pruned = dense
+    else:
+        prune_ids = calibration_batches(tok, CalibrationConfig(num_samples=64, seq_len=512, seed=0))
+        results["dense"] = {"ppl": ppl_by_text(dense, windows), "params": count_parameters(dense)}
+        pruned = copy.deepcopy(dense)
+        apply_structured(pruned, StructuredPruneConfig(mlp_ratio=args.mlp_ratio),
+                         Context(tokenizer=tok, calibration=lambda: prune_ids))
+        results["pruned"] = {"ppl": ppl_by_text(pruned, windows), "params": count_parameters(pruned)}
+        del dense
 
     tps = args.batch * args.seq_len
     evals = sorted({max(1, args.steps // 3), max(1, 2 * args.steps // 3), args.steps})
-    common = dict(teacher=args.model, teacher_dtype="float32", max_steps=args.steps, batch_size=args.batch,
+    common = dict(teacher=teacher, teacher_dtype=args.teacher_dtype, max_steps=args.steps, batch_size=args.batch,
                   learning_rate=args.lr, lr_scheduler="cosine", warmup_steps=max(1, args.steps // 10),
                   mixed_precision=args.precision, logging_steps=max(1, args.steps // 6), seed=0)
-    cache_dir = str(work / "cache")
-    variants = [
-        ("cross-entropy only", dict(alpha=1.0, top_k=args.top_k, cache_dir=cache_dir)),
-        ("forward KL", dict(alpha=0.0, top_k=args.top_k, cache_dir=cache_dir)),
-        ("forward KL + CE (alpha 0.5)", dict(alpha=0.5, top_k=args.top_k, cache_dir=cache_dir)),
-        ("forward KL T=2 + CE (alpha 0.5)", dict(alpha=0.5, temperature=2.0, top_k=args.top_k, cache_dir=cache_dir)),
-        ("reverse KL + CE (alpha 0.5)", dict(loss="reverse_kl", alpha=0.5, top_k=args.top_k, cache_dir=cache_dir)),
-        ("JSD(0.5) + CE (alpha 0.5)", dict(loss="jsd", alpha=0.5, top_k=args.top_k, cache_dir=cache_dir)),
-        ("forward KL + CE, teacher online, naive loss", dict(alpha=0.5, top_k=0, chunk_size=10**9)),
-    ]
+    cached = dict(top_k=args.top_k, cache_dir=str(work / "cache"))
+    variants = [(label, {**kw, **(cached if kw.get("top_k", 1) else {})}) for key, (label, kw) in VARIANTS.items()
+                if key in args.variants.split(",")]
     for label, kw in variants:
         print(f"[{args.model}] {label} ...", flush=True)
         student = copy.deepcopy(pruned)
@@ -98,9 +121,10 @@ def main():
 
     # glibc would otherwise serve the chunk temporaries from a heap it never trims (its mmap threshold
     # grows with every freed block), and RSS would report freed memory as used.
-    mem = {mode: run_child([this_python(), str(ROOT / "scripts/anchors/loss_memory.py"), mode],
-                           env={"MALLOC_MMAP_THRESHOLD_": "1048576"})
-           for mode in ("naive", "chunked", "chunked-topk")}
+    mem = {} if args.skip_memory else {
+        mode: run_child([this_python(), str(ROOT / "scripts/anchors/loss_memory.py"), mode],
+                        env={"MALLOC_MMAP_THRESHOLD_": "1048576"})
+        for mode in ("naive", "chunked", "chunked-topk")}
     (work / "results.json").write_text(json.dumps({"results": results, "mem": mem}, indent=2, default=str))
     print(f"raw results: {work / 'results.json'}")
     render(args, results, mem)
@@ -109,38 +133,55 @@ def main():
 def render(args, results: dict, mem: dict) -> None:
     tps = args.batch * args.seq_len
     ce = results["cross-entropy only"]["ppl"]
+    fixed = [k for k in results if "curve" not in results[k]]  # teacher / dense / untrained / pruned rows
     rows = []
     for label, r in results.items():
         p = r["ppl"]
         cells = " | ".join(f"{p[t]:.2f}" for t in TEXTS)
-        ratio = " | ".join(f"{p[t] / ce[t]:.3f}" if label not in ("dense", "pruned") else "-" for t in TEXTS)
+        ratio = " | ".join(f"{p[t] / ce[t]:.3f}" if label not in fixed else "-" for t in TEXTS)
         curve = ", ".join(f"{c['tokens'] // 1000}k: {c['wiki_eval']:.2f}" for c in r.get("curve", []))
         speed = f"{r['tokens'] / r['train_seconds']:.0f}" if "train_seconds" in r else "-"
         rows.append(f"| {label} | {cells} | {ratio} | {curve or '-'} | {speed} |")
-    naive = mem["naive"]["growth_mb"]
-    mrows = [f"| {m} | {v['growth_mb']:.0f} | {v['growth_mb'] / naive:.3f} | {v['seconds']:.2f} |" for m, v in mem.items()]
     cache_s = results["cross-entropy only"].get("cache_seconds")
+    if cache_s is None:
+        cache_s = next((r.get("cache_seconds") for r in results.values() if r.get("cache_seconds")), None)
+    if args.teacher:
+        student_row = results["student, untrained"]
+        teacher_row = results[f"teacher ({args.teacher})"]
+        title = f"## Distillation: {args.teacher} into {args.model}\n\n"
+        setup = (f"Teacher {args.teacher} ({teacher_row['params'] / 1e6:.1f}M parameters, {args.teacher_dtype}); "
+                 f"student {args.model} ({student_row['params'] / 1e6:.1f}M), every run from its released weights. ")
+    else:
+        title = f"## Distillation: recovering {args.model} after removing {args.mlp_ratio:.0%} of its MLP channels\n\n"
+        setup = (f"Pruned with `prune_structured` (calibrated activation scores, 64 x 512 tokens), "
+                 f"{results['dense']['params'] / 1e6:.1f}M -> {results['pruned']['params'] / 1e6:.1f}M parameters. "
+                 "Every student starts from the same pruned weights; teacher: the unpruned model. ")
+    cmd = "python scripts/bench_distill.py" + (
+        f" --model {args.model} --teacher {args.teacher} --mlp-ratio {args.mlp_ratio} --steps {args.steps} "
+        f"--batch {args.batch} --seq-len {args.seq_len} --samples {args.samples} --teacher-dtype {args.teacher_dtype} "
+        f"--variants {args.variants} --section {args.section} --skip-memory" if args.teacher else "")
     table = (
-        f"## Distillation: recovering {args.model} after removing {args.mlp_ratio:.0%} of its MLP channels\n\n"
-        f"`python scripts/bench_distill.py` (one run; {machine()}). Pruned with `prune_structured` "
-        f"(calibrated activation scores, 64 x 512 tokens), {results['dense']['params'] / 1e6:.1f}M -> "
-        f"{results['pruned']['params'] / 1e6:.1f}M parameters. Every student starts from the same pruned "
-        f"weights and trains {args.steps} steps of {args.batch} x {args.seq_len} tokens ({args.steps * tps:,} "
+        title + f"`{cmd}` (one run; {machine()}). " + setup +
+        f"Each student trains {args.steps} steps of {args.batch} x {args.seq_len} tokens ({args.steps * tps:,} "
         f"tokens; {args.samples} windows of `wiki_calib`, seed 1), AdamW lr {args.lr} cosine, "
-        f"mixed precision {args.precision}, same data order. Teacher: the unpruned model; top-{args.top_k} "
-        f"logit cache built once in {cache_s if cache_s is not None else '-'} s. Perplexity on 2048 held-out "
+        f"mixed precision {args.precision}, same data order; top-{args.top_k} teacher logit cache built once "
+        f"in {cache_s if cache_s is not None else '-'} s. Perplexity on 2048 held-out "
         "tokens of `wiki_eval` (the training domain) and `python_docs` (other text); 'vs CE' is the ratio "
         "to cross-entropy-only training at equal tokens (target <= 0.9); the curve is wiki_eval perplexity "
         "against tokens seen.\n\n"
         "| student | ppl wiki_eval | ppl python_docs | vs CE (wiki) | vs CE (python_docs) | wiki_eval ppl by tokens | train tokens/s |\n"
-        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
-        "\n\nPeak memory of one loss step (forward + backward of the loss alone on 2048 tokens x 49152 vocab, "
-        "student logits float32 with gradients, teacher logits bfloat16 or its top-32, chunks of 128 tokens; "
-        "peak RSS growth over the inputs, each in its own process with MALLOC_MMAP_THRESHOLD_=1048576 so "
-        "freed blocks leave RSS; target <= 0.25 of naive):\n\n"
-        "| loss step | peak growth (MB) | vs naive | seconds |\n|---|---|---|---|\n" + "\n".join(mrows) + "\n")
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    if mem:
+        naive = mem["naive"]["growth_mb"]
+        mrows = [f"| {m} | {v['growth_mb']:.0f} | {v['growth_mb'] / naive:.3f} | {v['seconds']:.2f} |" for m, v in mem.items()]
+        table += (
+            "\nPeak memory of one loss step (forward + backward of the loss alone on 2048 tokens x 49152 vocab, "
+            "student logits float32 with gradients, teacher logits bfloat16 or its top-32, chunks of 128 tokens; "
+            "peak RSS growth over the inputs, each in its own process with MALLOC_MMAP_THRESHOLD_=1048576 so "
+            "freed blocks leave RSS; target <= 0.25 of naive):\n\n"
+            "| loss step | peak growth (MB) | vs naive | seconds |\n|---|---|---|---|\n" + "\n".join(mrows) + "\n")
     print(table)
-    write_section("distill", table)
+    write_section(args.section, table)
 
 
 if __name__ == "__main__":
