@@ -13,7 +13,10 @@
    (Triton) against the sampled bracket, each checked by brute-force counts.
 7. The GPTQ column loop: Triton block kernel against the CUDA-graph and eager torch loops.
 
-Usage (on the GPU box): python scripts/gpu_check.py OUT_DIR [--budget SECONDS] [--skip=name,name]
+8. Wanda and SparseGPT 50% on the 16-layer model, against llm-compressor's; the distill stage on
+   CUDA (bf16 from a top-k cache, QLoRA on nf4); whole magnitude-pruning stages on the 8B shape.
+
+Usage (on the GPU box): python scripts/gpu_check.py OUT_DIR [--budget SECONDS] [--skip=name,name] [--only=name,name]
 
 The GPU box's Python 3.12 has torch, transformers, accelerate and peft but not bitsandbytes,
 compressed-tensors, llm-compressor or datasets: carry them as wheels (pip download --no-deps
@@ -346,10 +349,126 @@ def global_threshold():
     return out
 
 
+LC_PRUNE_CHILD = r'''
+import json, sys, time, torch
+from datasets import Dataset
+from llmcompressor import oneshot
+from llmcompressor.modifiers.pruning import WandaPruningModifier
+from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+from transformers import AutoModelForCausalLM
+model_dir, ids_path, method = sys.argv[1], sys.argv[2], sys.argv[3]
+ids = torch.load(ids_path)
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+from tokenizers import Tokenizer, models as tok_models
+from transformers import PreTrainedTokenizerFast
+vocab = {f"t{i}": i for i in range(model.config.vocab_size)}
+tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel(vocab, unk_token="t0")), unk_token="t0", pad_token="t0")
+ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
+kw = dict(targets=["Linear"], ignore=["lm_head"], sparsity=0.5, mask_structure="0:0")
+recipe = WandaPruningModifier(**kw) if method == "wanda" else SparseGPTModifier(block_size=128, dampening_frac=0.01, **kw)
+torch.cuda.reset_peak_memory_stats()
+t = time.perf_counter()
+oneshot(model=model, dataset=ds, recipe=recipe, tokenizer=tok, num_calibration_samples=len(ids),
+        max_seq_length=ids.shape[1], shuffle_calibration_samples=False)
+torch.cuda.synchronize()
+print(json.dumps({"prune_s": round(time.perf_counter() - t, 2), "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20)}))
+'''
+
+
+@section("wanda_sparsegpt_16layer", 150)
+def prune_16layer():
+    """Wanda and SparseGPT 50% on CUDA against llm-compressor's, same random model and tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from llmcompress.context import Context
+    from llmcompress.methods.sparsegpt import SparseGPTConfig
+    from llmcompress.methods.wanda import WandaConfig
+    from llmcompress.registry import get_method
+
+    mdir = Path("/tmp/rand16")
+    if not mdir.exists():
+        random_model(llama_config(16, 2048, 8192, 16, 16, 32000), "cuda").save_pretrained(mdir)
+    ids = torch.randint(0, 32000, (128, 512), generator=torch.Generator().manual_seed(0))
+    torch.save(ids, "/tmp/rand16_ids.pt")
+    out = {}
+    for name, cfg in (("wanda", WandaConfig(sparsity=0.5)), ("sparsegpt", SparseGPTConfig(sparsity=0.5))):
+        model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.bfloat16).eval()  # on CPU, layers visit the GPU
+        ctx = Context(device=torch.device("cuda"), calibration=lambda: ids)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        get_method(cfg.METHOD).apply(model, cfg, ctx)
+        torch.cuda.synchronize()
+        ours = {"prune_s": round(time.perf_counter() - t, 2), "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
+        lin = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+        ours["sparsity"] = round(sum(int((w == 0).sum()) for w in lin) / sum(w.numel() for w in lin), 4)
+        del model
+        proc = subprocess.run([sys.executable, "-c", LC_PRUNE_CHILD, str(mdir), "/tmp/rand16_ids.pt", name],
+                              capture_output=True, text=True, timeout=max(60, left() - 60))
+        lc = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {"error": proc.stderr[-1500:]}
+        out[name] = {"llmcompress": ours, "llm-compressor": lc}
+        if "prune_s" in lc:
+            out[name]["time_ratio"] = round(ours["prune_s"] / lc["prune_s"], 3)
+    return out
+
+
+@section("distill_cuda", 60)
+def distill_cuda():
+    """The distill stage on CUDA: bf16 mixed precision from a top-k cache, and a QLoRA student
+    (bitsandbytes nf4 on the GPU); each output reloaded in a fresh process."""
+    import shutil
+
+    from llmcompress import Recipe, compress
+    from llmcompress.data import CalibrationConfig
+    from llmcompress.methods.distill import DistillConfig
+    from tests.conftest import make_model, make_tokenizer
+
+    root = Path("/tmp/distill_cuda")
+    shutil.rmtree(root, ignore_errors=True)
+    for name, layers, seed in (("teacher", 4, 0), ("student", 2, 3)):
+        make_model(layers=layers, seed=seed).save_pretrained(root / name)
+        make_tokenizer().save_pretrained(root / name)
+    out = {}
+    for label, kw in (("bf16, top-16 cache", dict(top_k=16, cache_dir=str(root / "cache"))),
+                      ("QLoRA r=8, teacher online", dict(lora_r=8, qlora=True, learning_rate=1e-3))):
+        recipe = Recipe(stages=[DistillConfig(teacher=str(root / "teacher"), max_steps=20, batch_size=4, **kw)],
+                        name="d", calibration=CalibrationConfig(num_samples=32, seq_len=64))
+        t = time.perf_counter()
+        res = compress(str(root / "student"), recipe, root / f"out-{len(out)}", evaluation=False, device="cuda")
+        n = res.notes["distill"]
+        out[label] = {"seconds": round(time.perf_counter() - t, 1), "train_loss": round(n["train_loss"], 4),
+                      "steps": n["steps"], "reload_max_abs_diff": res.reload_max_abs_diff}
+    return out
+
+
+@section("prune_apply_8b_shape", 60)
+def prune_apply_8b():
+    """Whole magnitude-pruning stages on the 8B-shaped model on the GPU: global (threshold + masks,
+    in place) and OWL."""
+    from llmcompress.methods.prune import PruneConfig, apply_prune
+
+    model = STATE.get("model") or random_model(llama_config(32, 4096, 14336, 32, 8, 128256), "cuda")
+    lin = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    out = {}
+    for scope in ("global", "owl", "layer"):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        apply_prune(model, PruneConfig(sparsity=0.5, scope=scope))
+        torch.cuda.synchronize()
+        zeros = sum(int((w == 0).sum()) for w in lin)
+        out[scope] = {"seconds": round(time.perf_counter() - t, 3), "zero_fraction": round(zeros / sum(w.numel() for w in lin), 6)}
+        with torch.no_grad():  # fresh random weights for the next scope (zeros would be ties)
+            for w in lin:
+                w.normal_(0, 0.02)
+    return out
+
+
 if __name__ == "__main__":
     skip = {name for a in sys.argv if a.startswith("--skip=") for name in a[7:].split(",")}
-    for fn in (cuda_equals_cpu, kernels_agree, gptq_16layer, gptq_8b, global_threshold, sparse_matmul, bnb_decode):
-        if fn.__name__ in skip:
+    only = {name for a in sys.argv if a.startswith("--only=") for name in a[7:].split(",")}
+    for fn in (cuda_equals_cpu, kernels_agree, gptq_16layer, gptq_8b, global_threshold, sparse_matmul, bnb_decode,
+               distill_cuda, prune_16layer, prune_apply_8b):
+        if fn.__name__ in skip or (only and fn.__name__ not in only):
             continue
         fn()
     RESULTS["total_s"] = round(time.perf_counter() - T0, 1)

@@ -275,3 +275,19 @@ evaluation: {{source: wiki_eval, max_tokens: 256, seq_len: 64}}
     assert notes["processes"] == 2 and notes["steps"] == 3 and notes["tokens"] == 3 * 2 * 2 * 32
     assert (tmp_path / "cache" / "index.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "r.yaml", "student"]
+
+
+def test_bf16_mixed_precision_returns_a_plain_float32_model(tiny_model_dir, tokenizer, tmp_path):
+    """accelerate wraps the forward in autocast for mixed precision; the student handed back must
+    compute in its own dtype again, as its checkpoint will (found on CUDA: 8e-3 logit differences)."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(0))
+    student = apply_distill(make_model(layers=1, seed=2),
+                            DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=2,
+                                          batch_size=2, mixed_precision="bf16"), ctx_for(tokenizer, ids))
+    student.save_pretrained(tmp_path / "s")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "s", dtype=torch.float32).eval()
+    with torch.no_grad():
+        a, b = student(ids).logits, reloaded(ids).logits
+    assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-5), (a - b).abs().max()

@@ -252,6 +252,9 @@ def apply_distill(model, cfg: DistillConfig, ctx):
                   "log": [{k: v for k, v in h.items() if k in ("step", "loss", "learning_rate")}
                           for h in trainer.state.log_history if "loss" in h],
                   "checkpoint_dir": out_dir, "resumed_from": resume})
+    # Mixed precision: accelerate wrapped the model's forward in autocast; give back the plain one,
+    # or the returned model would keep computing in bf16 (and differ from its own checkpoint).
+    student = trainer.accelerator.unwrap_model(student, keep_fp32_wrapper=False)
     if cfg.qlora:
         from .qlora import merge_into
 
