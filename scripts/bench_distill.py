@@ -74,7 +74,11 @@ def main():
     ap.add_argument("--section", default="distill", help="BENCHMARKS.md section to write")
     ap.add_argument("--skip-memory", action="store_true", help="skip the loss-step memory measurement")
     ap.add_argument("--render", help="only re-render the table from a results.json of an earlier run")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only measure the loss-step memory (section distill_memory)")
     args = ap.parse_args()
+    if args.memory_only:
+        return memory_table(measure_memory())
     if args.render:
         saved = json.loads(Path(args.render).read_text())
         return render(args, saved["results"], saved["mem"])
@@ -121,13 +125,34 @@ def main():
 
     # glibc would otherwise serve the chunk temporaries from a heap it never trims (its mmap threshold
     # grows with every freed block), and RSS would report freed memory as used.
-    mem = {} if args.skip_memory else {
-        mode: run_child([this_python(), str(ROOT / "scripts/anchors/loss_memory.py"), mode],
-                        env={"MALLOC_MMAP_THRESHOLD_": "1048576"})
-        for mode in ("naive", "chunked", "chunked-topk")}
+    mem = {} if args.skip_memory else measure_memory()
     (work / "results.json").write_text(json.dumps({"results": results, "mem": mem}, indent=2, default=str))
     print(f"raw results: {work / 'results.json'}")
     render(args, results, mem)
+
+
+def measure_memory() -> dict:
+    return {mode: run_child([this_python(), str(ROOT / "scripts/anchors/loss_memory.py"), mode],
+                            env={"MALLOC_MMAP_THRESHOLD_": "1048576"})
+            for mode in ("naive", "chunked", "chunked-topk")}
+
+
+MEMORY_NOTE = (
+    "Peak memory of one loss step (forward + backward of the loss alone on 2048 tokens x 49152 vocab; "
+    "inputs not counted: the student's logits as a non-leaf float32 tensor with its gradient's destination, "
+    "the teacher's logits in bfloat16 or its top-32; chunks of 128 tokens, the gradient written into the "
+    "logits' memory as the trainer does; each mode in its own process with MALLOC_MMAP_THRESHOLD_=1048576 "
+    "so freed blocks leave RSS; target <= 0.25 of naive)")
+
+
+def memory_table(mem: dict) -> None:
+    naive = mem["naive"]["growth_mb"]
+    rows = [f"| {m} | {v['growth_mb']:.0f} | {v['growth_mb'] / naive:.3f} | {v['seconds']:.2f} |" for m, v in mem.items()]
+    table = ("## Distillation: memory of one loss step\n\n"
+             f"`python scripts/bench_distill.py --memory-only` (one run; {machine()}). {MEMORY_NOTE}.\n\n"
+             "| loss step | peak growth (MB) | vs naive | seconds |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    print(table)
+    write_section("distill_memory", table)
 
 
 def render(args, results: dict, mem: dict) -> None:

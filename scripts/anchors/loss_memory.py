@@ -1,5 +1,8 @@
 """Peak memory of one distillation loss step (forward + backward of the loss alone), for
-bench_distill.py. Prints one JSON line. Usage: python loss_memory.py naive|chunked|chunked-topk"""
+bench_distill.py. Prints one JSON line. Usage: python loss_memory.py naive|chunked|chunked-topk
+
+Inputs (not counted): the student's logits, a non-leaf like a model's output, the buffer their
+gradient accumulates into, and the teacher's logits (full bf16, or top-32)."""
 
 import json
 import sys
@@ -20,19 +23,22 @@ mode = sys.argv[1]
 N, V, K = 2048, 49152, 32
 CHUNK = 128
 torch.manual_seed(0)
-s = torch.randn(N, V, requires_grad=True)
+leaf = torch.randn(N, V, requires_grad=True)
+leaf.grad = torch.zeros_like(leaf)  # where the gradient ends up (lm_head's side): part of the inputs
+# The student's logits: a non-leaf, as a model's output is. A view, so that the harness adds no
+# full-size tensor of its own in backward (a model's lm_head backward allocates none either).
+s = leaf.view(N, V)
 t = torch.randn(N, V).bfloat16()
 top = torch.topk(t.float(), K, dim=-1)
 tv, ti = top.values.half(), top.indices.int()
-s.grad = torch.zeros_like(s)  # the gradient buffer is part of the inputs: both modes need it
 base = status_mb("VmRSS")
 t0 = time.perf_counter()
 if mode == "naive":
     loss = F.kl_div(F.log_softmax(s.float(), -1), F.log_softmax(t.float(), -1), log_target=True, reduction="batchmean")
 elif mode == "chunked":
-    loss = distill_loss(s, t, chunk_size=CHUNK)
+    loss = distill_loss(s, t, chunk_size=CHUNK, reuse_logits=True)  # as the trainer calls it
 else:
-    loss = distill_loss(s, tv, t_indices=ti, chunk_size=CHUNK)
+    loss = distill_loss(s, tv, t_indices=ti, chunk_size=CHUNK, reuse_logits=True)
 loss.backward()
 seconds = time.perf_counter() - t0
 peak = status_mb("VmHWM")

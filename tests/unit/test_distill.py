@@ -10,7 +10,7 @@ from llmcompress.data import CalibrationConfig
 from llmcompress.methods.distill import DistillConfig, apply_distill
 from llmcompress.methods.distill import trainer as trainer_mod
 from llmcompress.methods.distill.cache import TopKCache, build_cache
-from llmcompress.methods.distill.losses import cross_entropy, distill_loss
+from llmcompress.methods.distill.losses import cross_entropy, distill_loss, token_losses
 from tests.conftest import make_model
 
 
@@ -57,6 +57,14 @@ def test_chunked_equals_unchunked_values_and_gradients(kind):
     assert (s1.grad[~mask] == 0).all(), "masked tokens must not contribute"
     ce_a = cross_entropy(s1, torch.randint(0, 40, (2, 9)), mask, 0)
     assert torch.isfinite(ce_a)
+    # reuse_logits: the gradient is written into the logits' memory (a non-leaf, as a model's
+    # output); same value and gradient, no buffer of the logits' size
+    leaf = s1.detach().clone().requires_grad_(True)
+    logits = leaf * 1.0
+    c = token_losses(logits, t_logits=t, mask=mask, kind=kind, temperature=1.5, chunk_size=4, reuse_logits=True)
+    c.backward()
+    torch.testing.assert_close(c, a)
+    torch.testing.assert_close(leaf.grad, s1.grad)
 
 
 def test_topk_teacher_with_k_equal_vocab_is_the_full_loss():

@@ -9,7 +9,10 @@
 
 Memory: the loss walks the tokens in chunks and computes each chunk's gradient right away, so
 the float32 softmaxes of both models exist for one chunk at a time, never as full ``[batch, seq,
-vocab]`` tensors; what stays is one gradient buffer the size of the student's logits.
+vocab]`` tensors. The gradient goes into one buffer the size of the student's logits, or, with
+``reuse_logits`` (the trainer's case: nothing reads the logits after the loss), into the logits'
+own memory, chunk by chunk once that chunk's loss is computed: the loss then needs only one
+chunk's temporaries beyond its inputs.
 
 A teacher given as top-k (values, indices) from the logit cache is a distribution over those k
 tokens (softmax of the k logits). Forward KL then compares it with the student's full-vocabulary
@@ -69,8 +72,10 @@ class _ChunkedTokenLoss(torch.autograd.Function):
     per chunk and an accumulation buffer)."""
 
     @staticmethod
-    def forward(ctx, s, fn, chunk_size, *rows):
-        grad = torch.empty_like(s) if s.requires_grad else None
+    def forward(ctx, s, fn, chunk_size, reuse, *rows):
+        # reuse: each chunk's gradient overwrites that chunk of ``s`` once its loss is computed
+        # (lm_head's backward needs its input and weight, never its output)
+        grad = (s if reuse else torch.empty_like(s)) if s.requires_grad else None
         total = torch.zeros((), dtype=torch.float32, device=s.device)
         for i in range(0, s.shape[0], chunk_size):
             sc = s[i : i + chunk_size].detach().requires_grad_(grad is not None)
@@ -87,8 +92,8 @@ class _ChunkedTokenLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
-        # gradients for (s, fn, chunk_size, *rows): only s has one
-        return (grad.mul_(grad_out.to(grad.dtype)) if grad is not None else None, None, None) + (None,) * ctx.n_rows
+        # gradients for (s, fn, chunk_size, reuse, *rows): only s has one
+        return (grad.mul_(grad_out.to(grad.dtype)) if grad is not None else None, None, None, None) + (None,) * ctx.n_rows
 
 
 def _flat(x, width=None):
@@ -97,7 +102,7 @@ def _flat(x, width=None):
 
 def token_losses(s_logits: torch.Tensor, *, t_logits=None, t_indices=None, labels=None, mask=None,
                  kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.0,
-                 chunk_size: int = 1024) -> torch.Tensor:
+                 chunk_size: int = 1024, reuse_logits: bool = False) -> torch.Tensor:
     """Mean over the ``mask``-ed tokens of ``alpha * CE(labels) + (1 - alpha) * divergence(teacher)``.
 
     Args:
@@ -108,6 +113,8 @@ def token_losses(s_logits: torch.Tensor, *, t_logits=None, t_indices=None, label
         mask: ``[...]`` bool, the tokens that count (padding and unlabelled positions false).
         chunk_size: tokens per chunk; 0 computes everything at once with plain autograd (the naive
             reference: several full ``[tokens, V]`` float32 tensors).
+        reuse_logits: store the gradient in ``s_logits``' memory (its values are destroyed): for
+            callers that read the logits no more after the loss.
     """
     V = s_logits.shape[-1]
     s = s_logits.reshape(-1, V)
@@ -129,15 +136,16 @@ def token_losses(s_logits: torch.Tensor, *, t_logits=None, t_indices=None, label
 
     if not chunk_size or chunk_size >= s.shape[0]:
         return fn(s, t, idx, y, m.float()) / n
-    return _ChunkedTokenLoss.apply(s, fn, chunk_size, t, idx, y, m.float()) / n
+    return _ChunkedTokenLoss.apply(s, fn, chunk_size, reuse_logits, t, idx, y, m.float()) / n
 
 
 def distill_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, mask: torch.Tensor | None = None, *,
                  kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
-                 t_indices: torch.Tensor | None = None, chunk_size: int = 1024) -> torch.Tensor:
+                 t_indices: torch.Tensor | None = None, chunk_size: int = 1024,
+                 reuse_logits: bool = False) -> torch.Tensor:
     """Mean divergence over the ``mask``-ed tokens (see :func:`token_losses`)."""
     return token_losses(s_logits, t_logits=t_logits, t_indices=t_indices, mask=mask, kind=kind,
-                        temperature=temperature, beta=beta, chunk_size=chunk_size)
+                        temperature=temperature, beta=beta, chunk_size=chunk_size, reuse_logits=reuse_logits)
 
 
 def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):

@@ -58,6 +58,7 @@ class DistillTrainer(Trainer):
                     t_logits = self.teacher(input_ids=ids.to(self.teacher.device), attention_mask=am.to(self.teacher.device),
                                             use_cache=False).logits[:, :-1].to(logits.device)
         # one pass over the tokens: alpha * CE + (1 - alpha) * KD, gradients chunk by chunk
+        # training reads the logits no more after the loss: their memory takes the gradient
         loss = token_losses(logits, t_logits=t_logits, t_indices=t_idx, labels=labels, mask=mask, alpha=self.alpha,
-                            **self.kd)
+                            reuse_logits=not return_outputs, **self.kd)
         return (loss, out) if return_outputs else loss
