@@ -183,7 +183,8 @@ def render(args, results: dict, mem: dict) -> None:
                  "Every student starts from the same pruned weights; teacher: the unpruned model. ")
     cmd = "python scripts/bench_distill.py" + (
         f" --model {args.model} --teacher {args.teacher} --mlp-ratio {args.mlp_ratio} --steps {args.steps} "
-        f"--batch {args.batch} --seq-len {args.seq_len} --samples {args.samples} --teacher-dtype {args.teacher_dtype} "
+        f"--batch {args.batch} --seq-len {args.seq_len} --samples {args.samples} --lr {args.lr} --top-k {args.top_k} "
+        f"--teacher-dtype {args.teacher_dtype} "
         f"--variants {args.variants} --section {args.section} --skip-memory" if args.teacher else "")
     table = (
         title + f"`{cmd}` (one run; {machine()}). " + setup +

@@ -22,24 +22,10 @@ from __future__ import annotations
 
 import torch
 
-try:  # Triton ships with CUDA builds of torch; CPU-only installs have none
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - depends on the install
-    triton = None
+from ...triton_support import Switch, tl, triton
 
-
-_DISABLED = False
-
-
-def available() -> bool:
-    return triton is not None and not _DISABLED
-
-
-def disable() -> None:
-    """Stop choosing the kernel in this process (it failed to compile or launch here)."""
-    global _DISABLED
-    _DISABLED = True
+_switch = Switch()
+available, disable = _switch.available, _switch.disable  # disable(): the kernel failed here, use torch
 
 
 if triton is not None:

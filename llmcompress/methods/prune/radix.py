@@ -35,11 +35,7 @@ from typing import Sequence
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - depends on the install
-    triton = None
+from ...triton_support import Switch, tl, triton
 
 NB = 2048  # bins per pass (11-bit digits)
 LEVELS = ((20, 11), (9, 11), (0, 9))  # (shift, width) of each digit of a 31-bit key
@@ -48,17 +44,8 @@ MAX_PROGRAMS = 1024  # grid-stride: enough programs to fill a GPU, few global at
 SPLIT = 1 << 30  # elements per launch: keeps int32 offsets
 
 
-_DISABLED = False
-
-
-def available() -> bool:
-    return triton is not None and not _DISABLED
-
-
-def disable() -> None:
-    """Stop choosing radix select in this process (Triton failed here)."""
-    global _DISABLED
-    _DISABLED = True
+_switch = Switch()
+available, disable = _switch.available, _switch.disable  # disable(): Triton failed here, use the CPU path
 
 
 if triton is not None:
@@ -85,16 +72,21 @@ if triton is not None:
         tl.atomic_add(HIST + tl.arange(0, NB), acc.to(tl.int64))
 
 
-def _histogram(tensors, scales, prefix: int, pshift: int, dshift: int, width: int, device) -> torch.Tensor:
-    hist = torch.zeros(NB, dtype=torch.int64, device=device)
+def _per_part(tensors, scales, block: int, launch) -> None:
+    """``launch(grid, part, scale)`` for every tensor, in parts of at most SPLIT elements."""
     for i, t in enumerate(tensors):
         flat = t.reshape(-1)
         scale = float(scales[i]) if scales else 1.0
         for s in range(0, flat.numel(), SPLIT):
             part = flat[s : s + SPLIT]
-            grid = (max(1, min(MAX_PROGRAMS, triton.cdiv(part.numel(), BLOCK))),)
-            _digit_histogram[grid](part, hist, part.numel(), scale, prefix, pshift, dshift, (1 << width) - 1,
-                                   SCALED=scale != 1.0, BLOCK=BLOCK, NB=NB)
+            launch((max(1, min(MAX_PROGRAMS, triton.cdiv(part.numel(), block))),), part, scale)
+
+
+def _histogram(tensors, scales, prefix: int, pshift: int, dshift: int, width: int, device) -> torch.Tensor:
+    hist = torch.zeros(NB, dtype=torch.int64, device=device)
+    _per_part(tensors, scales, BLOCK, lambda grid, part, scale: _digit_histogram[grid](
+        part, hist, part.numel(), scale, prefix, pshift, dshift, (1 << width) - 1,
+        SCALED=scale != 1.0, BLOCK=BLOCK, NB=NB))
     return hist
 
 
@@ -153,13 +145,8 @@ if triton is not None:
 def _count_pass(tensors, scales, keys: list[int], device) -> list[int]:
     cand = torch.tensor(keys + [keys[-1]] * (NC - len(keys)), dtype=torch.int32).view(torch.float32).to(device)
     out = torch.zeros(NC, dtype=torch.int64, device=device)
-    for i, t in enumerate(tensors):
-        flat = t.reshape(-1)
-        scale = float(scales[i]) if scales else 1.0
-        for s in range(0, flat.numel(), SPLIT):
-            part = flat[s : s + SPLIT]
-            grid = (max(1, min(MAX_PROGRAMS, triton.cdiv(part.numel(), CBLOCK))),)
-            _count_below[grid](part, out, cand, part.numel(), scale, SCALED=scale != 1.0, NC=NC, BLOCK=CBLOCK)
+    _per_part(tensors, scales, CBLOCK, lambda grid, part, scale: _count_below[grid](
+        part, out, cand, part.numel(), scale, SCALED=scale != 1.0, NC=NC, BLOCK=CBLOCK))
     return out.tolist()[: len(keys)]
 
 
