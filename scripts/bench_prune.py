@@ -15,6 +15,7 @@ import argparse
 import gc
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def main():
     ap.add_argument("--threshold-models", nargs="*", default=["smollm2-135m"],
                     help="models for the global-threshold timing (torch.nn.utils.prune needs ~40x the weights in RAM)")
     ap.add_argument("--work", default=None)
+    ap.add_argument("--section", default="prune", help="BENCHMARKS.md section to write")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_prune_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -110,8 +112,10 @@ def main():
                         f"same count: {timing[tool]['zeros'] == timing['torch']['zeros']} |")
     samples = ", ".join(f"{m}: {n}" for m, n in zip(args.models, args.samples + args.samples[-1:] * len(args.models)))
     table = (
-        "## Pruning: magnitude, Wanda, SparseGPT, 2:4 and structured, beside llm-compressor\n\n"
-        f"`python scripts/bench_prune.py` (one run; {machine()}). All Linear layers but lm_head. Calibration "
+        "## Pruning: magnitude, Wanda, SparseGPT, 2:4 and structured, beside llm-compressor"
+        + (f" ({', '.join(args.models)})" if args.section != "prune" else "") + "\n\n"
+        f"`python scripts/bench_prune.py{' ' + ' '.join(sys.argv[1:]) if len(sys.argv) > 1 else ''}` (one run; "
+        f"{machine()}). All Linear layers but lm_head. Calibration "
         f"for the calibrated methods: random {args.seq_len}-token windows of the built-in `wiki_calib` text, seed 0, "
         f"the same token ids for llmcompress and llm-compressor ({samples} windows). Perplexity on the first 2048 "
         "tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` (another domain), "
@@ -120,15 +124,15 @@ def main():
         "in-process magnitude runs. `owl`: per-decoder-layer sparsities from the share of outlier weights "
         "(OWL; |w| above 10x its matrix's mean, sparsities within 0.5 +- 0.08).\n\n"
         "| model | method | ppl wiki_eval | ppl python_docs | parameters | prune (s) | peak RSS (MB) |\n"
-        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
-        "\n\nGlobal threshold and masking, each tool in its own process (fp32 model; peak RSS includes the "
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n" + (
+        "\nGlobal threshold and masking, each tool in its own process (fp32 model; peak RSS includes the "
         "model, the growth column is the peak above the loaded model; `llmcompress-materialized` copies the "
         "weights into fresh memory before the timer starts, which removes the cost of the first write "
         "into the memory transformers loaded them into):\n\n"
         "| model | tool | seconds | peak RSS (MB) | growth over the loaded model (MB) | zeros |\n|---|---|---|---|---|---|\n"
-        + "\n".join(cost) + "\n")
+        + "\n".join(cost) + "\n" if cost else ""))
     print(table)
-    write_section("prune", table)
+    write_section(args.section, table)
 
 
 if __name__ == "__main__":
