@@ -183,20 +183,25 @@ def llmcompress_gptq(model, ids, group_size):
             "column_loop": kernel_mode(torch.device("cuda"))}
 
 
-LC_CHILD = r'''
+# llm-compressor child processes: argv = MODEL_DIR IDS.pt ARG; the model in bf16, a word-level
+# tokenizer over its vocabulary (random weights have no real one) and the ids as a dataset.
+LC_PRELUDE = r'''
 import json, sys, time, torch
 from datasets import Dataset
 from llmcompressor import oneshot
-from llmcompressor.modifiers.quantization import GPTQModifier
-from transformers import AutoModelForCausalLM
-model_dir, ids_path, g = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from tokenizers import Tokenizer, models as tok_models
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+model_dir, ids_path, arg = sys.argv[1], sys.argv[2], sys.argv[3]
 ids = torch.load(ids_path)
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-from tokenizers import Tokenizer, models as tok_models
-from transformers import PreTrainedTokenizerFast
 vocab = {f"t{i}": i for i in range(model.config.vocab_size)}
 tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel(vocab, unk_token="t0")), unk_token="t0", pad_token="t0")
 ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
+'''
+
+LC_CHILD = LC_PRELUDE + r'''
+from llmcompressor.modifiers.quantization import GPTQModifier
+g = int(arg)
 recipe = GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int",
     "symmetric": True, "strategy": "group", "group_size": g, "actorder": "static"}}}, ignore=["lm_head"],
     dampening_frac=0.01, block_size=128)
@@ -349,21 +354,10 @@ def global_threshold():
     return out
 
 
-LC_PRUNE_CHILD = r'''
-import json, sys, time, torch
-from datasets import Dataset
-from llmcompressor import oneshot
+LC_PRUNE_CHILD = LC_PRELUDE + r'''
 from llmcompressor.modifiers.pruning import WandaPruningModifier
 from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
-from transformers import AutoModelForCausalLM
-model_dir, ids_path, method = sys.argv[1], sys.argv[2], sys.argv[3]
-ids = torch.load(ids_path)
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-from tokenizers import Tokenizer, models as tok_models
-from transformers import PreTrainedTokenizerFast
-vocab = {f"t{i}": i for i in range(model.config.vocab_size)}
-tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel(vocab, unk_token="t0")), unk_token="t0", pad_token="t0")
-ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
+method = arg
 kw = dict(targets=["Linear"], ignore=["lm_head"], sparsity=0.5, mask_structure="0:0")
 recipe = WandaPruningModifier(**kw) if method == "wanda" else SparseGPTModifier(block_size=128, dampening_frac=0.01, **kw)
 torch.cuda.reset_peak_memory_stats()

@@ -181,12 +181,11 @@ def kernel_mode(device: torch.device) -> str:
 # On CUDA the column loop is bound by kernel-launch overhead (several tiny kernels per
 # column); replaying it as a CUDA graph removes the Python and launch cost. Graphs are
 # cached per (device, rows, block, zero-point, keep-mask) shape.
-# LLMCOMPRESS_GPTQ_CUDA_GRAPH=0 disables them.
 _GRAPHS: dict = {}
 
 
 def _block_graph(rows: int, block: int, asym: bool, masked: bool, args: QuantArgs, device: torch.device):
-    if device.type != "cuda" or os.environ.get("LLMCOMPRESS_GPTQ_CUDA_GRAPH", "1") == "0":
+    if device.type != "cuda":  # kernel_mode() has already honoured LLMCOMPRESS_GPTQ_CUDA_GRAPH
         return None
     key = (device, rows, block, asym, masked, args.qmin, args.qmax)
     if key in _GRAPHS:

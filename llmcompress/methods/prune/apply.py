@@ -15,7 +15,8 @@ ranks ``|w| / mean|w|`` of each layer instead, one threshold over comparable sco
 ``owl`` gives each decoder layer its own sparsity from its share of outlier weights (OWL,
 :mod:`.owl`: more outliers, fewer zeros; mean sparsity unchanged), then prunes each matrix
 of the layer to that sparsity.
-Weights are zeroed in place: the checkpoint is dense with zeros and loads anywhere (no
+Weights are zeroed in place (on CPU the global scopes write fresh tensors instead, see
+:func:`.threshold.prune_replacing`): the checkpoint is dense with zeros and loads anywhere (no
 ``weight_orig`` / ``weight_mask`` leftovers).
 """
 

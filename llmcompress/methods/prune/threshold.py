@@ -193,27 +193,18 @@ def prune_replacing(tensors: list[torch.Tensor], sparsity: float, scales: Sequen
     ``replace(i, new)`` and put in ``tensors[i]``, so the caller can drop the old one at once
     (only one extra tensor is alive when the old ones are not memory-mapped).
     """
-    k = round(sparsity * sum(t.numel() for t in tensors))
-    current: dict[int, torch.Tensor] = {}
-
-    def finish(i):
-        new = current.pop(i)
-        tensors[i] = new
-        if replace is not None:
-            replace(i, new)
+    current: dict[int, torch.Tensor] = {}  # the tensor being written (chunks arrive in order)
 
     def write(i, start, keep):
-        if i not in current:
-            for j in list(current):
-                finish(j)
+        if start == 0:
             current[i] = torch.empty_like(tensors[i])
         src = tensors[i].reshape(-1)[start : start + keep.numel()]
         torch.mul(src, keep, out=current[i].view(-1)[start : start + keep.numel()])
-        if start + keep.numel() == tensors[i].numel():
-            finish(i)
+        if start + keep.numel() == tensors[i].numel():  # last chunk: hand the new tensor over
+            tensors[i] = current.pop(i)
+            if replace is not None:
+                replace(i, tensors[i])
 
-    if k == 0:
-        return
     _keep_masks(tensors, sparsity, scales, write)
 
 
