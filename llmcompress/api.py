@@ -62,6 +62,7 @@ def compress(
     verify: bool | None = None,
     push_to_hub: str | None = None,
     private: bool = False,
+    low_memory: bool | None = None,
 ) -> Result:
     """Apply a recipe to a model, optionally evaluate before/after and write the result.
 
@@ -83,6 +84,8 @@ def compress(
         push_to_hub: ``ORG/NAME`` to push the output to (default: the recipe's
             ``push_to_hub``); the token and organisation are checked before any work.
         private: create the Hub repo private.
+        low_memory: read, compress and write one decoder layer at a time (default: the recipe's
+            ``output.low_memory``); for models larger than RAM, see :mod:`llmcompress.streaming`.
 
     Returns:
         A :class:`Result` with the model, the before/after measurements and the output path.
@@ -128,6 +131,11 @@ def compress(
         from .errors import ConfigError
 
         raise ConfigError(f"recipe {recipe.source} names no model: pass one (--model)", "model")
+    low_memory = recipe.output.low_memory if low_memory is None else low_memory
+    if low_memory:
+        from . import streaming
+
+        streaming.check(recipe, output_dir, model)
 
     at_load = [s for s in recipe.stages if s.AT_LOAD]
     for stage in recipe.stages:
@@ -157,6 +165,14 @@ def compress(
         if config is not None:
             for stage in recipe.stages:
                 stage.check_model(config, source)
+        if low_memory:
+            if secondary:
+                from .errors import ConfigError
+
+                raise ConfigError("low_memory runs in one process", "low_memory")
+            return _compress_streaming(recipe, source, output_dir, overwrite=overwrite, device=device,
+                                       calib_cfg=calib_cfg, eval_cfg=eval_cfg, load_dtype=load_dtype,
+                                       repo_id=repo_id, private=private)
         if at_load and eval_cfg is not None:
             # Methods applied at load time never hold the original: measure it first, in the
             # dtype the quantized model keeps for its other modules (bf16 by default).
@@ -238,7 +254,8 @@ def compress(
         from .verify import check_reload
 
         export.save(model, tokenizer, output_dir, overwrite=overwrite, recipe_yaml=recipe.to_yaml(),
-                    options={"format": recipe.output.format}, finalize=finalize)
+                    options={"format": recipe.output.format, "max_shard_size": recipe.output.max_shard_size},
+                    finalize=finalize)
         result.output_dir = Path(output_dir)
         if repo_id:
             from . import hub
@@ -248,4 +265,51 @@ def compress(
             except hub.HubError as exc:
                 raise hub.HubError(f"{exc} The compressed model is saved in {output_dir}; push it later with "
                                    f"`llmcompress push {output_dir} --repo-id {repo_id}`.") from None
+    return result
+
+
+def _compress_streaming(recipe: Recipe, source, output_dir, *, overwrite, device, calib_cfg, eval_cfg, load_dtype,
+                        repo_id, private) -> Result:
+    """``compress`` with ``low_memory``: one decoder layer in memory at a time (llmcompress.streaming)."""
+    from . import streaming
+    from .methods.quant.gptq_format import FORMAT as GPTQ_FORMAT, SCALE_DTYPE as GPTQ_SCALE_DTYPE
+
+    if eval_cfg is not None:
+        logger.warning("low_memory: no before/after evaluation (it needs the whole model in memory); measure the "
+                       "output afterwards with `llmcompress eval OUTPUT`")
+    if recipe.output.verify:
+        logger.info("low_memory: no in-memory model to compare a reload against; the reload check is skipped")
+    logger.info("loading %s on the meta device (decoder layers are read one at a time)", source.spec)
+    model, tokenizer, stream = streaming.load_skeleton(source, models.DTYPES.get(load_dtype, load_dtype))
+    ctx = Context(tokenizer=tokenizer, device=device, layer_stream=stream,
+                  scale_dtype=GPTQ_SCALE_DTYPE if recipe.output.format == GPTQ_FORMAT else None)
+    ids: dict = {}
+
+    def calibration_ids():
+        if "ids" not in ids:
+            ids["ids"] = data_mod.calibration_batches(tokenizer, calib_cfg, eval_cfg)
+        return ids["ids"]
+
+    ctx.calibration = calibration_ids
+    ctx.notes["calibration_source"] = f"{calib_cfg.source}, seed {calib_cfg.seed}"
+    ctx.notes["low_memory"] = True
+    stream.options = {"format": recipe.output.format}
+    (stage,) = recipe.stages
+    with export.atomic_directory(output_dir, overwrite) as tmp:
+        stream.writer = export.ShardWriter(tmp, export.parse_size(recipe.output.max_shard_size))
+        t0 = time.perf_counter()
+        model = get_method(stage.METHOD).apply(model, stage, ctx) or model
+        ctx.notes["stage_seconds"] = {f"1:{stage.METHOD}": round(time.perf_counter() - t0, 2)}
+        stream.writer.add(stream.outer_tensors(model))
+        stream.writer.close()
+        export.write_config(model, tmp, export.serialize(model, {**stream.options, "config_only": True}))
+        fmt = recipe.output.format
+        export.write_extras(tmp, tokenizer, recipe.to_yaml(),
+                            {"recipe": recipe.to_dict(), "notes": ctx.notes, "source": source.spec},
+                            model_card(recipe, source, [], fmt, ctx.notes))
+    result = Result(model=None, tokenizer=tokenizer, recipe=recipe, output_dir=Path(output_dir), notes=ctx.notes)
+    if repo_id:
+        from . import hub
+
+        result.pushed = hub.push(output_dir, repo_id, private=private)
     return result

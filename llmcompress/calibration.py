@@ -167,6 +167,7 @@ def run_layerwise(
     batch_size: int = 8,
     desc: str = "calibrating",
     dtype: torch.dtype | None = None,
+    stream=None,
 ) -> list[float]:
     """Calibrate ``model`` layer by layer; returns the seconds spent on each layer.
 
@@ -180,6 +181,9 @@ def run_layerwise(
         batch_size: samples per forward.
         desc: progress-bar label.
         dtype: dtype of the stored hidden states (default: the model's).
+        stream: a :class:`~llmcompress.streaming.LayerStream` when the layers live on the meta
+            device: ``enter`` reads a layer's weights before it is processed, ``leave`` writes and
+            frees it afterwards (``output.low_memory``).
     """
     device = torch.device(device)
     was_training = model.training
@@ -192,6 +196,8 @@ def run_layerwise(
     seconds = []
     for i, layer in enumerate(tqdm(layers, desc=desc, unit="layer")):
         t0 = time.perf_counter()
+        if stream is not None:
+            stream.enter(f"{prefix}.{i}", layer)
         home = next(layer.parameters()).device
         layer.to(device)
         runner = LayerRunner(layer, hidden, _to(kwargs, device, dtype), batch_size)
@@ -201,6 +207,8 @@ def run_layerwise(
         if callable(finish):
             finish()
         layer.to(home)
+        if stream is not None:
+            stream.leave(f"{prefix}.{i}", layer)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.empty_cache()

@@ -120,6 +120,9 @@ def model_card(recipe, source, columns: list[Measurement] | None, weights_format
         lines += ["", recipe.description]
     if columns:
         lines += ["", "## Evaluation", "", markdown(columns)]
+    elif notes and notes.get("low_memory"):
+        lines += ["", "## Evaluation", "", "Written one decoder layer at a time (`low_memory`), so llmcompress did not "
+                  "evaluate it; measure it with `llmcompress eval DIR`."]
     if notes and "distill" in notes:
         lines += _distill_section(notes["distill"])
     pip = PIP_FOR_FORMAT.get(weights_format, PIP_FOR_FORMAT["dense"])

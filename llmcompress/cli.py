@@ -20,7 +20,8 @@ def _cmd_run(args) -> int:
     evaluation = False if args.no_eval else None
     result = compress(args.model, recipe, output, overwrite=args.overwrite, device=args.device,
                       evaluation=evaluation, verify=False if args.no_verify else None,
-                      push_to_hub=args.push_to_hub, private=args.private)
+                      push_to_hub=args.push_to_hub, private=args.private,
+                      low_memory=True if args.low_memory else None)
     if result.output_dir is None:  # a secondary process under accelerate launch: the main one reports
         return 0
     if result.before or result.after:
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     run.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
     run.add_argument("--no-verify", action="store_true", help="skip the fresh-process reload check")
+    run.add_argument("--low-memory", action="store_true",
+                     help="read, compress and write one decoder layer at a time (models larger than RAM; gptq)")
     run.add_argument("--push-to-hub", metavar="ORG/NAME", help="push the output to this Hub repo "
                      "(default: the recipe's push_to_hub); token from HF_TOKEN or `hf auth login`")
     run.add_argument("--private", action="store_true", help="create the Hub repo private")

@@ -30,6 +30,8 @@ class Context:
     scale_dtype: torch.dtype | None = None
     # Extra transformers TrainerCallbacks for training methods (distillation), e.g. evaluation.
     callbacks: list = field(default_factory=list)
+    # low_memory: the source and sink of decoder layers (llmcompress.streaming.LayerStream)
+    layer_stream: Any = None
 
     def calibration_ids(self) -> torch.Tensor:
         from .errors import DataError

@@ -103,7 +103,22 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], folder: Path, max_shard: str = "5GB") -> None:
+def parse_size(text: str | int, key: str = "max_shard_size") -> int:
+    """Bytes in ``5GB`` / ``500MB`` / ``100KB`` / an integer (decimal units, as ``save_pretrained``)."""
+    import re
+
+    from .errors import ConfigError
+
+    if isinstance(text, int) and text > 0:
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB)?\s*", str(text), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"'{key}' must be a size such as 5GB or 500MB; got {text!r}", key)
+    unit = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}[(m.group(2) or "b").lower()]
+    return int(float(m.group(1)) * unit)
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], folder: Path, max_shard: int | str = "5GB") -> None:
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
@@ -116,6 +131,98 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], folder: Path, max_shard
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
                  "weight_map": split.tensor_to_filename}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+class ShardWriter:
+    """Writes tensors as they come, one safetensors shard whenever ``max_shard_bytes`` have gathered.
+
+    For models that are never whole in memory (``low_memory``): a decoder layer's tensors are
+    added as soon as it is compressed and then dropped. Shards get their final
+    ``model-0000i-of-0000n`` names, and the index its weight map, in :meth:`close`.
+    """
+
+    def __init__(self, folder: Path, max_shard_bytes: int = 5 * 10**9):
+        self.folder, self.max_bytes = Path(folder), max_shard_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.files: list[tuple[str, list[str]]] = []
+        self.total = 0
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        for key, t in tensors.items():
+            size = t.numel() * t.element_size()
+            if self.pending and self.pending_bytes + size > self.max_bytes:
+                self._flush()  # a shard stays under the limit unless one tensor exceeds it
+            self.pending[key] = t.detach().contiguous().cpu()
+            self.pending_bytes += size
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.pending:
+            return
+        name = f".part-{len(self.files):05d}.safetensors"
+        save_file(self.pending, self.folder / name, metadata={"format": "pt"})
+        self.files.append((name, list(self.pending)))
+        self.total += self.pending_bytes
+        self.pending, self.pending_bytes = {}, 0
+
+    def close(self) -> None:
+        self._flush()
+        n = len(self.files)
+        weight_map = {}
+        for i, (part, keys) in enumerate(self.files, 1):
+            final = "model.safetensors" if n == 1 else f"model-{i:05d}-of-{n:05d}.safetensors"
+            os.replace(self.folder / part, self.folder / final)
+            os.chmod(self.folder / final, 0o644)
+            weight_map.update({k: final for k in keys})
+        if n > 1:
+            index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
+            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def serialize(module: nn.Module, options: dict) -> list[Serialized]:
+    """What every registered serializer makes of ``module`` (names relative to it)."""
+    return [s for s in (fn(module, options) for fn in _SERIALIZERS.values()) if s is not None]
+
+
+def merge_tensors(plain: dict[str, torch.Tensor], serialized: list[Serialized]) -> dict[str, torch.Tensor]:
+    """``plain`` with the serializers' replacements applied (a None value removes a tensor)."""
+    tensors = dict(plain)
+    for s in serialized:
+        for key in [k for k, v in s.tensors.items() if v is None]:
+            tensors.pop(key, None)
+        tensors.update({k: v for k, v in s.tensors.items() if v is not None})
+    return tensors
+
+
+def write_config(model: nn.Module, folder: Path, serialized: list[Serialized]) -> None:
+    """config.json with the serializers' entries (added for the write only) and generation_config.json."""
+    config = model.config
+    for s in serialized:
+        for key, value in s.config_updates.items():
+            setattr(config, key, value)
+    try:
+        config.save_pretrained(folder)
+    finally:
+        for s in serialized:
+            for key in s.config_updates:
+                if hasattr(config, key):
+                    delattr(config, key)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.save_pretrained(folder)
+
+
+def write_extras(folder: Path, tokenizer, recipe_yaml: str | None, report: dict | None, model_card: str | None) -> None:
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    if recipe_yaml is not None:
+        (folder / RECIPE_FILE).write_text(recipe_yaml)
+    if report is not None:
+        (folder / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+    if model_card is not None:
+        (folder / "README.md").write_text(model_card)
 
 
 def save(
@@ -149,7 +256,7 @@ def save(
         The output path.
     """
     options = options or {}
-    serialized = [s for s in (fn(model, options) for fn in _SERIALIZERS.values()) if s is not None]
+    serialized = serialize(model, options)
     with atomic_directory(output_dir, overwrite) as tmp:
         copy = next((s.copy_from for s in serialized if s.copy_from is not None), None)
         if copy is not None:
@@ -157,36 +264,12 @@ def save(
                 if f.is_file():
                     shutil.copy2(f, tmp / f.name)
         elif not serialized:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, max_shard_size=parse_size(options.get("max_shard_size", "5GB")))
         else:
-            tensors = plain_state_dict(model)
-            for s in serialized:
-                for key in [k for k, v in s.tensors.items() if v is None]:
-                    tensors.pop(key, None)
-                tensors.update({k: v for k, v in s.tensors.items() if v is not None})
-            _write_safetensors(tensors, tmp)
-            config = model.config
-            for s in serialized:
-                for key, value in s.config_updates.items():
-                    setattr(config, key, value)
-            try:
-                config.save_pretrained(tmp)
-            finally:
-                for s in serialized:
-                    for key in s.config_updates:
-                        if hasattr(config, key):
-                            delattr(config, key)
-            gen = getattr(model, "generation_config", None)
-            if gen is not None:
-                gen.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if recipe_yaml is not None:
-            (tmp / RECIPE_FILE).write_text(recipe_yaml)
-        if report is not None:
-            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
-        if model_card is not None:
-            (tmp / "README.md").write_text(model_card)
+            _write_safetensors(merge_tensors(plain_state_dict(model), serialized), tmp,
+                               parse_size(options.get("max_shard_size", "5GB")))
+            write_config(model, tmp, serialized)
+        write_extras(tmp, tokenizer, recipe_yaml, report, model_card)
         if finalize is not None:
             finalize(tmp)
     logger.info("wrote %s", output_dir)

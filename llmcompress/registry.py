@@ -32,6 +32,9 @@ class MethodConfig(ConfigBase):
     AT_LOAD: ClassVar[bool] = False
     # True for methods that need calibration text (GPTQ, Wanda, SparseGPT).
     NEEDS_CALIBRATION: ClassVar[bool] = False
+    # True for layer-by-layer methods that can run on a model whose decoder layers are read
+    # from the checkpoint and written out one at a time (``output.low_memory``).
+    STREAMABLE: ClassVar[bool] = False
 
     @classmethod
     def _label(cls) -> str:

@@ -75,18 +75,21 @@ class SharedInputs:
 def check_finite(model: nn.Module, names, method: str) -> None:
     mods = dict(model.named_modules())
     for name in names:
-        if not torch.isfinite(mods[name].weight).all():
+        weight = mods[name].weight
+        if weight.is_meta:  # low_memory: checked as each layer is read
+            continue
+        if not torch.isfinite(weight).all():
             raise DataError(f"layer '{name}' has NaN or infinite weights; {method} cannot process it. "
                             "Check the checkpoint.")
 
 
 def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[str, Any], accumulate: Accumulate,
                         update: Update, *, calibration_dtype: str = "bfloat16", true_sequential: bool = True,
-                        batch_size: int = 8, desc: str = "calibrating") -> dict:
+                        batch_size: int = 8, desc: str = "calibrating", stream=None) -> dict:
     """Run ``update`` on every module of ``todo`` (full name -> option), layer by layer.
 
     Modules that share an input and have equal options are handed to ``update`` together
-    (GPTQ stacks their rows). Returns ``{"layers": {names: stats}, "layer_seconds": [...]}``.
+    (GPTQ stacks their rows). ``stream``: see :func:`~llmcompress.calibration.run_layerwise`. Returns ``{"layers": {names: stats}, "layer_seconds": [...]}``.
     """
     calib_dtype = None if calibration_dtype == "auto" else DTYPES[calibration_dtype]
     stats: dict = {"layers": {}}
@@ -131,5 +134,5 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
         return None
 
     stats["layer_seconds"] = run_layerwise(model, ids, process, device, batch_size=batch_size, desc=desc,
-                                           dtype=calib_dtype)
+                                           dtype=calib_dtype, stream=stream)
     return stats

@@ -9,6 +9,8 @@ from llmcompress.methods.quant.grid import QuantArgs, fake_quantize, group_qpara
 from llmcompress.methods.quant.record import QuantRecord, quantized_modules
 from llmcompress.verify import reference_ids, reload_logits
 
+from ..conftest import VOCAB
+
 
 def layer_problem(rows=128, cols=256, n=2048, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -209,3 +211,90 @@ def test_mixed_precision_overrides_roundtrip(tiny_model_dir, tmp_path):
     assert get_record(down).args.bits == 8 and get_record(down).scale.shape == (256, 1)
     groups = json.loads((tmp_path / "m" / "config.json").read_text())["quantization_config"]["config_groups"]
     assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, 8]
+
+
+# ---------------------------------------------------------------- low_memory (layer streaming)
+def _gptq_recipe(**output):
+    from llmcompress.recipe import OutputConfig
+
+    return Recipe(stages=[GPTQConfig(bits=4, group_size=64)], name="lowmem", output=OutputConfig(**output))
+
+
+@pytest.mark.parametrize("model_dir", ["tiny_model_dir", "tiny_qwen_dir"])
+def test_low_memory_writes_the_same_bytes_in_shards(model_dir, request, tmp_path):
+    """Layer-by-layer reading and writing gives the in-memory path's tensors, from a sharded source
+    into a sharded output, and the output loads with plain from_pretrained."""
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    src = tmp_path / "sharded-src"
+    AutoModelForCausalLM.from_pretrained(request.getfixturevalue(model_dir)).save_pretrained(src, max_shard_size="400KB")
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(request.getfixturevalue(model_dir)).save_pretrained(src)
+    assert (src / "model.safetensors.index.json").exists()
+    calib = CalibrationConfig(num_samples=8, seq_len=64)
+    compress(str(src), _gptq_recipe(), tmp_path / "full", calibration=calib, evaluation=False, verify=False)
+    res = compress(str(src), _gptq_recipe(max_shard_size="300KB", low_memory=True), tmp_path / "stream",
+                   calibration=calib, evaluation=False)
+    assert res.model is None and res.notes["low_memory"]
+
+    def tensors(folder):
+        out = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            out.update(load_file(f))
+        return out
+
+    full, stream = tensors(tmp_path / "full"), tensors(tmp_path / "stream")
+    assert full.keys() == stream.keys() and any(k.endswith("weight_packed") for k in full)
+    for k in full:
+        assert full[k].dtype == stream[k].dtype and torch.equal(full[k], stream[k]), k
+    index = json.loads((tmp_path / "stream" / "model.safetensors.index.json").read_text())
+    files = sorted(f.name for f in (tmp_path / "stream").glob("*.safetensors"))
+    assert len(files) > 2 and sorted(set(index["weight_map"].values())) == files
+    for f in files:  # under the limit, unless one tensor alone exceeds it (the 512 x 256 fp32 embedding)
+        assert (list(index["weight_map"].values()).count(f) == 1
+                or (tmp_path / "stream" / f).stat().st_size < 300_000 + 4096), f  # + the JSON header
+    assert json.loads((tmp_path / "full" / "config.json").read_text()) == json.loads(
+        (tmp_path / "stream" / "config.json").read_text())
+    ids = reference_ids(VOCAB)
+    torch.testing.assert_close(reload_logits(tmp_path / "stream", ids), reload_logits(tmp_path / "full", ids),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["no-output", "two-stages", "wanda", "in-memory", "gguf"])
+def test_low_memory_refuses_what_it_cannot_do(case, tiny_model_dir, tiny_model, tokenizer, tmp_path):
+    from llmcompress.methods.wanda import WandaConfig
+    from llmcompress.recipe import OutputConfig
+
+    out = tmp_path / "out"
+    model, kwargs, recipe = str(tiny_model_dir), {}, _gptq_recipe(low_memory=True)
+    if case == "no-output":
+        out = None
+    elif case == "two-stages":
+        recipe = Recipe(stages=[WandaConfig(sparsity=0.5), GPTQConfig(bits=4, group_size=64)],
+                        output=OutputConfig(low_memory=True))
+    elif case == "wanda":
+        recipe = Recipe(stages=[WandaConfig(sparsity=0.5)], output=OutputConfig(low_memory=True))
+    elif case == "in-memory":
+        model, kwargs = tiny_model, {"tokenizer": tokenizer}
+    elif case == "gguf":
+        model = str(tmp_path / "m.gguf")
+        (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ConfigError, match="low_memory"):
+        compress(model, recipe, out, evaluation=False, **kwargs)
+    assert out is None or not out.exists()
+
+
+def test_low_memory_nan_in_checkpoint_writes_nothing(tiny_model, tokenizer, tmp_path):
+    with torch.no_grad():
+        tiny_model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    src = tmp_path / "src"
+    tiny_model.save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    with pytest.raises(DataError, match=r"layers\.1\.mlp\.up_proj\.weight"):
+        compress(str(src), _gptq_recipe(low_memory=True), tmp_path / "out",
+                 calibration=CalibrationConfig(num_samples=4, seq_len=64), evaluation=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

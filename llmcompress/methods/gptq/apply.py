@@ -36,7 +36,7 @@ def apply_gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context):
 
     stats = calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, todo, accumulate_hessian, update,
                                 calibration_dtype=cfg.calibration_dtype, true_sequential=cfg.true_sequential,
-                                batch_size=cfg.batch_size, desc="gptq")
+                                batch_size=cfg.batch_size, desc="gptq", stream=ctx.layer_stream)
     stats["skipped_layers"] = skipped
     ctx.notes["gptq"] = stats
     return model

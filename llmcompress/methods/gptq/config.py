@@ -25,6 +25,7 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
     """
 
     NEEDS_CALIBRATION: ClassVar[bool] = True
+    STREAMABLE: ClassVar[bool] = True
 
     # GPTQ's error feedback works best from MSE-clipped scales: on SmolLM2-135M (int4 g64,
     # 128 x 512 tokens) perplexity 21.26 with mse against ~22.7 with minmax.

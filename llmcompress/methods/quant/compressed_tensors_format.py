@@ -71,12 +71,16 @@ def quantization_config(model: nn.Module, records: dict[str, nn.Module]) -> dict
 
 @register_serializer(FORMAT)
 def serialize(model: nn.Module, options: dict) -> Serialized | None:
-    """Pack every quantized Linear of ``model``; None when nothing is quantized."""
+    """Pack every quantized Linear of ``model``; None when nothing is quantized.
+
+    ``options["config_only"]``: only the config entry (its weights may be on the meta device)."""
     if options.get("format", FORMAT) != FORMAT:
         return None
     records = quantized_modules(model)
     if not records:
         return None
+    if options.get("config_only"):  # low_memory: the weights were written layer by layer
+        return Serialized({}, {"quantization_config": quantization_config(model, records)})
     helpers = require("compressed_tensors.compressors.pack_quantized.helpers",
                       purpose="writing compressed-tensors checkpoints")
     tensors: dict[str, torch.Tensor | None] = {}

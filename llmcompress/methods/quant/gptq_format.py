@@ -68,7 +68,7 @@ def serialize(model: nn.Module, options: dict) -> Serialized | None:
     check_packable(args.bits)
     offset = 1 << (args.bits - 1)
     tensors: dict[str, torch.Tensor | None] = {}
-    for name, mod in records.items():
+    for name, mod in ({} if options.get("config_only") else records).items():
         rec = get_record(mod)
         w = mod.weight.data
         rows, cols = w.shape
