@@ -10,7 +10,7 @@ from llmcompress.data import CalibrationConfig
 from llmcompress.methods.distill import DistillConfig, apply_distill
 from llmcompress.methods.distill import trainer as trainer_mod
 from llmcompress.methods.distill.cache import TopKCache, build_cache
-from llmcompress.methods.distill.losses import cross_entropy, distill_loss, token_losses
+from llmcompress.methods.distill.losses import cross_entropy, distill_loss, token_divergence, token_losses
 from tests.conftest import make_model
 
 
@@ -75,18 +75,58 @@ def test_topk_teacher_with_k_equal_vocab_is_the_full_loss():
                                    distill_loss(s, t, kind=kind))
 
 
+def test_topk_with_tail_is_the_kl_of_the_coarsened_distributions():
+    """k + 1 buckets: the teacher's top-k tokens and the rest; the student coarsened the same way."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 20, generator=g) * 2, torch.randn(6, 20, generator=g) * 2
+    T = 1.7
+    top = torch.topk(t, 5)
+    p, q = torch.softmax(t / T, -1), torch.softmax(s / T, -1)
+    pt, qt = p.gather(-1, top.indices), q.gather(-1, top.indices)
+    P = torch.cat([pt, 1 - pt.sum(-1, keepdim=True)], -1)
+    Q = torch.cat([qt, 1 - qt.sum(-1, keepdim=True)], -1)
+    tail = torch.log(1 - pt.sum(-1))
+    kl = lambda a, b: (a * (a / b).log()).sum(-1)  # noqa: E731
+    M = 0.3 * P + 0.7 * Q
+    want = {"forward_kl": kl(P, Q), "reverse_kl": kl(Q, P), "jsd": 0.3 * kl(P, M) + 0.7 * kl(Q, M)}
+    for kind, ref in want.items():
+        got = token_divergence(s, top.values, kind, T, 0.3, top.indices, tail)
+        torch.testing.assert_close(got, ref * T**2, rtol=1e-4, atol=1e-6)
+        # a student equal to the teacher: zero
+        same = token_divergence(t, top.values, kind, T, 0.3, top.indices, tail)
+        torch.testing.assert_close(same, torch.zeros(6), rtol=0, atol=1e-5)
+    # k = V: the tail is empty and the loss is the full one
+    full = torch.topk(t, 20)
+    empty = torch.full((6,), float("-inf"))
+    for kind in want:
+        torch.testing.assert_close(token_divergence(s, full.values, kind, T, 0.3, full.indices, empty),
+                                   token_divergence(s, t, kind, T, 0.3), rtol=1e-5, atol=1e-6)
+    # chunked with gradients: equal to plain autograd
+    s1 = s.clone().requires_grad_(True)
+    s2 = s.clone().requires_grad_(True)
+    a = token_losses(s1, t_logits=top.values, t_indices=top.indices, t_tail=tail, kind="jsd", chunk_size=0)
+    b = token_losses(s2, t_logits=top.values, t_indices=top.indices, t_tail=tail, kind="jsd", chunk_size=2)
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(s1.grad, s2.grad)
+
+
 def test_cache_round_trips_exactly(tmp_path):
     teacher = make_model()
     ids = torch.randint(0, 512, (5, 16))
-    build_cache(teacher, ids, tmp_path / "c", k=8, shard_samples=2, batch_size=2, teacher_name="t")
+    build_cache(teacher, ids, tmp_path / "c", k=8, temperature=2.0, shard_samples=2, batch_size=2, teacher_name="t")
     cache = TopKCache(tmp_path / "c")
-    assert len(cache) == 5 and cache.k == 8 and len(cache.index["shards"]) == 3
+    assert len(cache) == 5 and cache.k == 8 and cache.temperature == 2.0 and len(cache.index["shards"]) == 3
     with torch.no_grad():
-        top = torch.topk(teacher(ids).logits.float(), 8, dim=-1)
+        logits = teacher(ids).logits.float()
+    top = torch.topk(logits, 8, dim=-1)
+    p = torch.softmax(logits / 2.0, -1)
     for i in range(5):
-        x, v, j = cache[i]
+        x, v, j, tail = cache[i]
         assert torch.equal(x, ids[i])
         assert torch.equal(v, top.values[i].half()) and torch.equal(j, top.indices[i].int())
+        torch.testing.assert_close(tail.exp(), 1 - p[i].gather(-1, top.indices[i]).sum(-1), rtol=1e-4, atol=1e-6)
     with pytest.raises(DataError, match="not a teacher logit cache"):
         TopKCache(tmp_path)
 

@@ -196,16 +196,22 @@ def apply_distill(model, cfg: DistillConfig, ctx):
 
     cache = None
     if cfg.top_k:
-        folder = Path(cfg.cache_dir or cache_dir() / "distill" / cache_key(teacher_src.base_model, ids, cfg.top_k))
+        folder = Path(cfg.cache_dir or cache_dir() / "distill" / cache_key(teacher_src.base_model, ids, cfg.top_k,
+                                                                            cfg.temperature))
         with main_process_first():  # several processes: the main one builds, the others read
             if not (folder / "index.json").exists():
                 t0 = time.perf_counter()
-                build_cache(teacher, ids, folder, cfg.top_k, teacher_name=teacher_src.base_model, device=device)
+                build_cache(teacher, ids, folder, cfg.top_k, temperature=cfg.temperature,
+                            teacher_name=teacher_src.base_model, device=device)
                 notes["cache_seconds"] = round(time.perf_counter() - t0, 1)
         cache = TopKCache(folder)
         if len(cache) != len(ids) or not torch.equal(cache.input_ids(), ids.long()):
             raise ConfigError(f"the logit cache in {folder} was built from other token windows: delete it or "
                               "point cache_dir elsewhere", "cache_dir")
+        if cache.k != cfg.top_k or cache.temperature != cfg.temperature:
+            raise ConfigError(f"the logit cache in {folder} holds top-{cache.k} at temperature {cache.temperature}, "
+                              f"this stage asks for top-{cfg.top_k} at {cfg.temperature}: delete it or point cache_dir "
+                              "elsewhere", "cache_dir")
         notes["cache_dir"] = str(folder)
         del teacher  # offline: the teacher is not needed any more
         teacher = None

@@ -2,13 +2,16 @@
 
 Layout of a cache folder (written atomically: a temporary folder renamed when complete)::
 
-    index.json                       format, teacher, k, seq_len, samples, vocab size, shards
-    shard-00000.safetensors          input_ids [n, T] int32, values [n, T, k] float16, indices [n, T, k] int32
+    index.json                       format, teacher, k, temperature, seq_len, samples, vocab size, shards
+    shard-00000.safetensors          input_ids [n, T] int32, values [n, T, k] float16, indices [n, T, k] int32,
+                                     tail [n, T] float32
     ...
 
 float16 keeps logits to ~0.01 at |logit| < 32 (bfloat16 would round them to 0.125); int32 indices
-hold any vocabulary. At k = 32 that is 192 bytes per token. The token ids travel with the
-logits, so a cache is self-contained: training from it needs neither the teacher nor the text.
+hold any vocabulary. ``tail`` is the log of the teacher's probability outside its top k at the
+distillation temperature, computed in float32 from the full logits, so the losses see a properly
+normalized (k + 1)-bucket distribution. At k = 32 that is 196 bytes per token. The token ids travel
+with the logits, so a cache is self-contained: training from it needs neither the teacher nor the text.
 """
 
 from __future__ import annotations
@@ -25,20 +28,22 @@ from tqdm.auto import tqdm
 from ...errors import DataError
 from ...export import atomic_directory
 
-FORMAT = "llmcompress-topk-logits-v1"
+FORMAT = "llmcompress-topk-logits-v2"
 
 
-def cache_key(teacher: str, ids: torch.Tensor, k: int) -> str:
-    """A digest of what the cache depends on: the teacher, the exact token ids and k."""
-    h = hashlib.sha256(f"{FORMAT}|{teacher}|{k}|{tuple(ids.shape)}".encode())
+def cache_key(teacher: str, ids: torch.Tensor, k: int, temperature: float = 1.0) -> str:
+    """A digest of what the cache depends on: the teacher, the exact token ids, k and the temperature."""
+    h = hashlib.sha256(f"{FORMAT}|{teacher}|{k}|{float(temperature)}|{tuple(ids.shape)}".encode())
     h.update(ids.to(torch.int32).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 @torch.no_grad()
-def build_cache(teacher, ids: torch.Tensor, folder: str | Path, k: int, *, teacher_name: str = "",
-                batch_size: int = 4, shard_samples: int = 256, device=None, overwrite: bool = False) -> Path:
-    """Run the teacher over ``ids`` ``[N, T]`` and store its top-k logits per token."""
+def build_cache(teacher, ids: torch.Tensor, folder: str | Path, k: int, *, temperature: float = 1.0,
+                teacher_name: str = "", batch_size: int = 4, shard_samples: int = 256, device=None,
+                overwrite: bool = False) -> Path:
+    """Run the teacher over ``ids`` ``[N, T]`` and store its top-k logits per token, and the log of its
+    probability outside them at ``temperature``."""
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     folder = Path(folder)
     shards = []
@@ -46,26 +51,32 @@ def build_cache(teacher, ids: torch.Tensor, folder: str | Path, k: int, *, teach
         bar = tqdm(total=len(ids), desc="teacher top-k cache", unit="sample")
         for s0 in range(0, len(ids), shard_samples):
             chunk = ids[s0 : s0 + shard_samples]
-            vals, inds = [], []
+            vals, inds, tails = [], [], []
             for b in range(0, len(chunk), batch_size):
-                logits = teacher(chunk[b : b + batch_size].to(device)).logits
-                top = torch.topk(logits.float(), k, dim=-1)
+                logits = teacher(chunk[b : b + batch_size].to(device)).logits.float()
+                top = torch.topk(logits, k, dim=-1)
+                scaled = logits / temperature
+                lse = torch.logsumexp(scaled, -1)
+                rest = torch.logsumexp(scaled.scatter_(-1, top.indices, float("-inf")), -1)
+                tails.append((rest - lse).cpu())
                 vals.append(top.values.to(torch.float16).cpu())
                 inds.append(top.indices.to(torch.int32).cpu())
                 bar.update(len(chunk[b : b + batch_size]))
             name = f"shard-{len(shards):05d}.safetensors"
             save_file({"input_ids": chunk.to(torch.int32).contiguous(), "values": torch.cat(vals).contiguous(),
-                       "indices": torch.cat(inds).contiguous()}, str(tmp / name))
+                       "indices": torch.cat(inds).contiguous(), "tail": torch.cat(tails).contiguous()},
+                      str(tmp / name))
             shards.append({"file": name, "start": s0, "count": len(chunk)})
         bar.close()
-        index = {"format": FORMAT, "teacher": teacher_name, "k": k, "num_samples": len(ids),
+        index = {"format": FORMAT, "teacher": teacher_name, "k": k, "temperature": float(temperature),
+                 "num_samples": len(ids),
                  "seq_len": ids.shape[1], "vocab_size": int(teacher.config.vocab_size), "shards": shards}
         (tmp / "index.json").write_text(json.dumps(index, indent=2))
     return folder
 
 
 class TopKCache:
-    """Read access to a cache folder: ``cache[i]`` -> ``(input_ids [T], values [T, k], indices [T, k])``."""
+    """Read access to a cache folder: ``cache[i]`` -> ``(input_ids [T], values [T, k], indices [T, k], tail [T])``."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -76,7 +87,8 @@ class TopKCache:
             raise DataError(f"{self.folder} is not a teacher logit cache ({path.name}: {exc}); build one with "
                             "top_k > 0 in the distill stage, or delete the folder") from None
         if self.index.get("format") != FORMAT:
-            raise DataError(f"{self.folder}: unknown cache format {self.index.get('format')!r} (expected {FORMAT})")
+            raise DataError(f"{self.folder}: cache format {self.index.get('format')!r}, expected {FORMAT}: delete the "
+                            "folder and the distill stage rebuilds it")
         self._tensors: dict[str, dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -85,6 +97,10 @@ class TopKCache:
     @property
     def k(self) -> int:
         return self.index["k"]
+
+    @property
+    def temperature(self) -> float:
+        return self.index["temperature"]
 
     def _shard(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
         for sh in self.index["shards"]:
@@ -97,7 +113,7 @@ class TopKCache:
 
     def __getitem__(self, i: int):
         t, j = self._shard(int(i))
-        return t["input_ids"][j].long(), t["values"][j], t["indices"][j]
+        return t["input_ids"][j].long(), t["values"][j], t["indices"][j], t["tail"][j]
 
     def input_ids(self) -> torch.Tensor:
         return torch.stack([self[i][0] for i in range(len(self))])

@@ -14,10 +14,15 @@ vocab]`` tensors. The gradient goes into one buffer the size of the student's lo
 own memory, chunk by chunk once that chunk's loss is computed: the loss then needs only one
 chunk's temporaries beyond its inputs.
 
-A teacher given as top-k (values, indices) from the logit cache is a distribution over those k
-tokens (softmax of the k logits). Forward KL then compares it with the student's full-vocabulary
-log-probabilities at those tokens; reverse KL and JSD, which need the teacher's probability of
-every token the student puts mass on, compare both distributions renormalized over the k tokens.
+A teacher given as top-k (values, indices) from the logit cache, with the log of the probability
+mass outside its top k (``t_tail``, stored by the cache), is a distribution over k + 1 buckets: its
+k tokens and "everything else". The student's distribution is coarsened the same way (its
+probabilities at the k tokens and the rest of its mass), and every loss compares the two (k + 1)-bucket
+distributions: exact for the buckets, a lower bound of the full-vocabulary divergence, and it never
+rewards the student for pushing the tail to zero. Without ``t_tail`` (top-k logits only), forward KL
+compares the teacher's softmax over the k tokens with the student's full-vocabulary log-probabilities
+there, and reverse KL and JSD both distributions renormalized over the k tokens; measured on
+SmolLM2-135M, that truncation made the student over-confident (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -35,19 +40,37 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+# log-probabilities below this count as zero mass (an empty tail when k equals the vocabulary)
+_LOG_FLOOR = -80.0
+
+
+def _bucket_log_probs(s: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, t_tail: torch.Tensor):
+    """Teacher and student log-probabilities over (top-k tokens, the rest), ``[n, k + 1]`` each."""
+    lse_s = torch.logsumexp(s, -1, keepdim=True)
+    log_s_top = s.gather(-1, idx) - lse_s
+    rest = s.scatter(-1, idx, float("-inf"))
+    log_s_tail = (torch.logsumexp(rest, -1, keepdim=True) - lse_s).clamp(min=_LOG_FLOOR)
+    tail = t_tail.float().unsqueeze(-1).clamp(min=_LOG_FLOOR, max=0.0)
+    log_t_top = F.log_softmax(t, -1) + torch.log(-torch.expm1(tail))  # top-k share 1 - p_tail
+    return torch.cat([log_t_top, tail], -1), torch.cat([log_s_top, log_s_tail], -1)
+
+
 def token_divergence(s_logits: torch.Tensor, t_logits: torch.Tensor, kind: str, temperature: float = 1.0,
-                     beta: float = 0.5, t_indices: torch.Tensor | None = None) -> torch.Tensor:
+                     beta: float = 0.5, t_indices: torch.Tensor | None = None,
+                     t_tail: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token divergence ``[n]`` between student logits ``[n, V]`` and teacher logits ``[n, V]``
-    (or the teacher's top-k logits ``[n, k]`` at ``t_indices``), times ``T^2``."""
+    (or the teacher's top-k logits ``[n, k]`` at ``t_indices``, with ``t_tail`` ``[n]`` the log of
+    its probability outside them at this temperature), times ``T^2``."""
     s = s_logits.float() / temperature
     t = t_logits.float() / temperature
-    log_t = F.log_softmax(t, -1)
     if t_indices is None:
-        log_s = F.log_softmax(s, -1)
+        log_t, log_s = F.log_softmax(t, -1), F.log_softmax(s, -1)
+    elif t_tail is not None:
+        log_t, log_s = _bucket_log_probs(s, t, t_indices.long(), t_tail)
     elif kind == "forward_kl":
-        log_s = F.log_softmax(s, -1).gather(-1, t_indices.long())
+        log_t, log_s = F.log_softmax(t, -1), F.log_softmax(s, -1).gather(-1, t_indices.long())
     else:
-        log_s = F.log_softmax(s.gather(-1, t_indices.long()), -1)
+        log_t, log_s = F.log_softmax(t, -1), F.log_softmax(s.gather(-1, t_indices.long()), -1)
     if kind == "forward_kl":
         d = _kl(log_t, log_s)
     elif kind == "reverse_kl":
@@ -100,7 +123,7 @@ def _flat(x, width=None):
     return None if x is None else x.reshape(-1, width) if width else x.reshape(-1)
 
 
-def token_losses(s_logits: torch.Tensor, *, t_logits=None, t_indices=None, labels=None, mask=None,
+def token_losses(s_logits: torch.Tensor, *, t_logits=None, t_indices=None, t_tail=None, labels=None, mask=None,
                  kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.0,
                  chunk_size: int = 1024, reuse_logits: bool = False) -> torch.Tensor:
     """Mean over the ``mask``-ed tokens of ``alpha * CE(labels) + (1 - alpha) * divergence(teacher)``.
@@ -108,7 +131,8 @@ def token_losses(s_logits: torch.Tensor, *, t_logits=None, t_indices=None, label
     Args:
         s_logits: student logits ``[..., V]`` (gradients flow to it).
         t_logits: teacher logits ``[..., V]``, or top-k logits ``[..., k]`` with ``t_indices``
-            (not needed when ``alpha == 1``).
+            (not needed when ``alpha == 1``) and, from the cache, ``t_tail`` ``[...]``: the log of the
+            teacher's probability outside its top k.
         labels: next-token ids ``[...]`` (needed when ``alpha > 0``).
         mask: ``[...]`` bool, the tokens that count (padding and unlabelled positions false).
         chunk_size: tokens per chunk; 0 computes everything at once with plain autograd (the naive
@@ -124,27 +148,28 @@ def token_losses(s_logits: torch.Tensor, *, t_logits=None, t_indices=None, label
         return s_logits.sum() * 0.0
     t = _flat(t_logits, t_logits.shape[-1]) if t_logits is not None else None
     idx = _flat(t_indices, t_indices.shape[-1]) if t_indices is not None else None
+    tail = _flat(t_tail)
     y = _flat(labels)
 
-    def fn(sc, tc, ic, yc, mc):
+    def fn(sc, tc, ic, tl, yc, mc):
         loss = 0.0
         if alpha > 0:
             loss = alpha * F.cross_entropy(sc.float(), yc, reduction="none")
         if alpha < 1:
-            loss = loss + (1 - alpha) * token_divergence(sc, tc, kind, temperature, beta, ic)
+            loss = loss + (1 - alpha) * token_divergence(sc, tc, kind, temperature, beta, ic, tl)
         return (loss * mc).sum()
 
     if not chunk_size or chunk_size >= s.shape[0]:
-        return fn(s, t, idx, y, m.float()) / n
-    return _ChunkedTokenLoss.apply(s, fn, chunk_size, reuse_logits, t, idx, y, m.float()) / n
+        return fn(s, t, idx, tail, y, m.float()) / n
+    return _ChunkedTokenLoss.apply(s, fn, chunk_size, reuse_logits, t, idx, tail, y, m.float()) / n
 
 
 def distill_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, mask: torch.Tensor | None = None, *,
                  kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
-                 t_indices: torch.Tensor | None = None, chunk_size: int = 1024,
+                 t_indices: torch.Tensor | None = None, t_tail: torch.Tensor | None = None, chunk_size: int = 1024,
                  reuse_logits: bool = False) -> torch.Tensor:
     """Mean divergence over the ``mask``-ed tokens (see :func:`token_losses`)."""
-    return token_losses(s_logits, t_logits=t_logits, t_indices=t_indices, mask=mask, kind=kind,
+    return token_losses(s_logits, t_logits=t_logits, t_indices=t_indices, t_tail=t_tail, mask=mask, kind=kind,
                         temperature=temperature, beta=beta, chunk_size=chunk_size, reuse_logits=reuse_logits)
 
 

@@ -47,18 +47,19 @@ class DistillTrainer(Trainer):
         ids, am = inputs["input_ids"], inputs["attention_mask"]
         out = model(input_ids=ids, attention_mask=am, use_cache=False)
         logits, labels, mask = shift_for_next_token(out.logits, ids, am)
-        t_logits = t_idx = None
+        t_logits = t_idx = t_tail = None
         if self.alpha < 1:
             if self.cache is not None:
                 rows = [self.cache[int(i)] for i in idx.tolist()]
                 t_logits = torch.stack([r[1] for r in rows]).to(logits.device)[:, :-1]
                 t_idx = torch.stack([r[2] for r in rows]).to(logits.device)[:, :-1]
+                t_tail = torch.stack([r[3] for r in rows]).to(logits.device)[:, :-1]
             else:
                 with torch.no_grad():
                     t_logits = self.teacher(input_ids=ids.to(self.teacher.device), attention_mask=am.to(self.teacher.device),
                                             use_cache=False).logits[:, :-1].to(logits.device)
         # one pass over the tokens: alpha * CE + (1 - alpha) * KD, gradients chunk by chunk
         # training reads the logits no more after the loss: their memory takes the gradient
-        loss = token_losses(logits, t_logits=t_logits, t_indices=t_idx, labels=labels, mask=mask, alpha=self.alpha,
-                            reuse_logits=not return_outputs, **self.kd)
+        loss = token_losses(logits, t_logits=t_logits, t_indices=t_idx, t_tail=t_tail, labels=labels, mask=mask,
+                            alpha=self.alpha, reuse_logits=not return_outputs, **self.kd)
         return (loss, out) if return_outputs else loss
