@@ -258,14 +258,18 @@ def compress(
                     finalize=finalize)
         result.output_dir = Path(output_dir)
         if repo_id:
-            from . import hub
-
-            try:
-                result.pushed = hub.push(output_dir, repo_id, private=private)
-            except hub.HubError as exc:
-                raise hub.HubError(f"{exc} The compressed model is saved in {output_dir}; push it later with "
-                                   f"`llmcompress push {output_dir} --repo-id {repo_id}`.") from None
+            result.pushed = _push(output_dir, repo_id, private)
     return result
+
+
+def _push(output_dir, repo_id: str, private: bool):
+    from . import hub
+
+    try:
+        return hub.push(output_dir, repo_id, private=private)
+    except hub.HubError as exc:
+        raise hub.HubError(f"{exc} The compressed model is saved in {output_dir}; push it later with "
+                           f"`llmcompress push {output_dir} --repo-id {repo_id}`.") from None
 
 
 def _compress_streaming(recipe: Recipe, source, output_dir, *, overwrite, device, calib_cfg, eval_cfg, load_dtype,
@@ -309,7 +313,5 @@ def _compress_streaming(recipe: Recipe, source, output_dir, *, overwrite, device
                             model_card(recipe, source, [], fmt, ctx.notes))
     result = Result(model=None, tokenizer=tokenizer, recipe=recipe, output_dir=Path(output_dir), notes=ctx.notes)
     if repo_id:
-        from . import hub
-
-        result.pushed = hub.push(output_dir, repo_id, private=private)
+        result.pushed = _push(output_dir, repo_id, private)
     return result

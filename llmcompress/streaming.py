@@ -7,7 +7,8 @@ calibration engine asks this module for each decoder layer just before it proces
 layer's tensors are read from the safetensors shards (each file opened, read and unmapped
 again), compressed, handed to :class:`~llmcompress.export.ShardWriter` and dropped back to
 the meta device. Peak memory: the non-layer weights, one layer, the calibration hidden states
-and the shard being gathered, whatever the depth of the model.
+and the compressed shard being gathered (at most ``output.max_shard_size``; lower it to bound
+memory further), whatever the depth of the model.
 
 The arithmetic is the in-memory path's, so the written tensors are the same bytes. What needs
 the whole model is not available: the before/after evaluation and the fresh-process reload check

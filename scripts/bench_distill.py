@@ -182,15 +182,16 @@ def render(args, results: dict, mem: dict) -> None:
                  f"{results['dense']['params'] / 1e6:.1f}M -> {results['pruned']['params'] / 1e6:.1f}M parameters. "
                  "Every student starts from the same pruned weights; teacher: the unpruned model. ")
     cmd = "python scripts/bench_distill.py" + (
-        f" --model {args.model} --teacher {args.teacher} --mlp-ratio {args.mlp_ratio} --steps {args.steps} "
-        f"--batch {args.batch} --seq-len {args.seq_len} --samples {args.samples} --lr {args.lr} --top-k {args.top_k} "
-        f"--teacher-dtype {args.teacher_dtype} "
-        f"--variants {args.variants} --section {args.section} --skip-memory" if args.teacher else "")
+        f" --model {args.model}" + (f" --teacher {args.teacher}" if args.teacher else "") +
+        f" --mlp-ratio {args.mlp_ratio} --steps {args.steps} --batch {args.batch} --seq-len {args.seq_len} "
+        f"--samples {args.samples} --lr {args.lr} --top-k {args.top_k} --teacher-dtype {args.teacher_dtype} "
+        f"--variants {args.variants} --section {args.section}" + (" --skip-memory" if args.skip_memory else ""))
     table = (
         title + f"`{cmd}` (one run; {machine()}). " + setup +
         f"Each student trains {args.steps} steps of {args.batch} x {args.seq_len} tokens ({args.steps * tps:,} "
-        f"tokens; {args.samples} windows of `wiki_calib`, seed 1), AdamW lr {args.lr} cosine, "
-        f"mixed precision {args.precision}, same data order; top-{args.top_k} teacher logit cache built once "
+        f"tokens; {args.samples} windows of `wiki_calib`, seed 1: {args.steps * args.batch / args.samples:.2f} "
+        f"epochs), AdamW lr {args.lr} cosine, mixed precision {args.precision}, same data order; teacher logit "
+        f"cache (top-{args.top_k} and the log-mass of the rest) built once "
         f"in {cache_s if cache_s is not None else '-'} s. Perplexity on 2048 held-out "
         "tokens of `wiki_eval` (the training domain) and `python_docs` (other text); 'vs CE' is the ratio "
         "to cross-entropy-only training at equal tokens (target <= 0.9); the curve is wiki_eval perplexity "
