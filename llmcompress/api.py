@@ -191,20 +191,9 @@ def compress(
         if device.type != "cpu" and not at_load:
             model.to(device)
 
-    from .methods.quant.gptq_format import FORMAT as GPTQ_FORMAT, SCALE_DTYPE as GPTQ_SCALE_DTYPE
+    from .methods.quant.gptq_format import FORMAT as GPTQ_FORMAT
 
-    ctx = Context(tokenizer=tokenizer, device=device,
-                  scale_dtype=GPTQ_SCALE_DTYPE if recipe.output.format == GPTQ_FORMAT else None)
-    if needs_calib:
-        cache: dict = {}
-
-        def calibration_ids():
-            if "ids" not in cache:
-                cache["ids"] = data_mod.calibration_batches(tokenizer, calib_cfg, eval_cfg)
-            return cache["ids"]
-
-        ctx.calibration = calibration_ids
-        ctx.notes["calibration_source"] = f"{calib_cfg.source}, seed {calib_cfg.seed}"
+    ctx = _context(recipe, tokenizer, device, calib_cfg if needs_calib else None, eval_cfg)
 
     if windows is None and eval_cfg is not None:
         windows = data_mod.evaluation_windows(tokenizer, eval_cfg, calib_cfg if needs_calib else None)
@@ -262,6 +251,26 @@ def compress(
     return result
 
 
+def _context(recipe: Recipe, tokenizer, device, calib_cfg, eval_cfg, **kwargs) -> Context:
+    """The methods' context: the output format's scale dtype and, when ``calib_cfg`` is given, the
+    calibration tokens (tokenized once, on first use)."""
+    from .methods.quant.gptq_format import FORMAT as GPTQ_FORMAT, SCALE_DTYPE as GPTQ_SCALE_DTYPE
+
+    ctx = Context(tokenizer=tokenizer, device=device, **kwargs,
+                  scale_dtype=GPTQ_SCALE_DTYPE if recipe.output.format == GPTQ_FORMAT else None)
+    if calib_cfg is not None:
+        cache: dict = {}
+
+        def calibration_ids():
+            if "ids" not in cache:
+                cache["ids"] = data_mod.calibration_batches(tokenizer, calib_cfg, eval_cfg)
+            return cache["ids"]
+
+        ctx.calibration = calibration_ids
+        ctx.notes["calibration_source"] = f"{calib_cfg.source}, seed {calib_cfg.seed}"
+    return ctx
+
+
 def _push(output_dir, repo_id: str, private: bool):
     from . import hub
 
@@ -276,7 +285,6 @@ def _compress_streaming(recipe: Recipe, source, output_dir, *, overwrite, device
                         repo_id, private) -> Result:
     """``compress`` with ``low_memory``: one decoder layer in memory at a time (llmcompress.streaming)."""
     from . import streaming
-    from .methods.quant.gptq_format import FORMAT as GPTQ_FORMAT, SCALE_DTYPE as GPTQ_SCALE_DTYPE
 
     if eval_cfg is not None:
         logger.warning("low_memory: no before/after evaluation (it needs the whole model in memory); measure the "
@@ -285,17 +293,7 @@ def _compress_streaming(recipe: Recipe, source, output_dir, *, overwrite, device
         logger.info("low_memory: no in-memory model to compare a reload against; the reload check is skipped")
     logger.info("loading %s on the meta device (decoder layers are read one at a time)", source.spec)
     model, tokenizer, stream = streaming.load_skeleton(source, models.DTYPES.get(load_dtype, load_dtype))
-    ctx = Context(tokenizer=tokenizer, device=device, layer_stream=stream,
-                  scale_dtype=GPTQ_SCALE_DTYPE if recipe.output.format == GPTQ_FORMAT else None)
-    ids: dict = {}
-
-    def calibration_ids():
-        if "ids" not in ids:
-            ids["ids"] = data_mod.calibration_batches(tokenizer, calib_cfg, eval_cfg)
-        return ids["ids"]
-
-    ctx.calibration = calibration_ids
-    ctx.notes["calibration_source"] = f"{calib_cfg.source}, seed {calib_cfg.seed}"
+    ctx = _context(recipe, tokenizer, device, calib_cfg, eval_cfg, layer_stream=stream)
     ctx.notes["low_memory"] = True
     stream.options = {"format": recipe.output.format}
     (stage,) = recipe.stages

@@ -140,7 +140,7 @@ def measure_memory() -> dict:
 MEMORY_NOTE = (
     "Peak memory of one loss step (forward + backward of the loss alone on 2048 tokens x 49152 vocab; "
     "inputs not counted: the student's logits as a non-leaf float32 tensor with its gradient's destination, "
-    "the teacher's logits in bfloat16 or its top-32; chunks of 128 tokens, the gradient written into the "
+    "the teacher's logits in bfloat16 or its top-32 with the log-mass of the rest; chunks of 128 tokens, the gradient written into the "
     "logits' memory as the trainer does; each mode in its own process with MALLOC_MMAP_THRESHOLD_=1048576 "
     "so freed blocks leave RSS; target <= 0.25 of naive)")
 

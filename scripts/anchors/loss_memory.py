@@ -2,7 +2,8 @@
 bench_distill.py. Prints one JSON line. Usage: python loss_memory.py naive|chunked|chunked-topk
 
 Inputs (not counted): the student's logits, a non-leaf like a model's output, the buffer their
-gradient accumulates into, and the teacher's logits (full bf16, or top-32)."""
+gradient accumulates into, and the teacher's logits (full bf16, or top-32 with the log-mass of the
+rest, as the cache stores them)."""
 
 import json
 import sys
@@ -14,11 +15,6 @@ import torch.nn.functional as F
 from llmcompress.methods.distill.losses import distill_loss
 from _mem import status_mb  # noqa: E402  (scripts/anchors/_mem.py)
 
-
-
-
-
-
 mode = sys.argv[1]
 N, V, K = 2048, 49152, 32
 CHUNK = 128
@@ -29,8 +25,15 @@ leaf.grad = torch.zeros_like(leaf)  # where the gradient ends up (lm_head's side
 # full-size tensor of its own in backward (a model's lm_head backward allocates none either).
 s = leaf.view(N, V)
 t = torch.randn(N, V).bfloat16()
-top = torch.topk(t.float(), K, dim=-1)
-tv, ti = top.values.half(), top.indices.int()
+# top-32 and the cache's tail (log of the teacher's probability outside them), row block by row block:
+# a full-size float32 temporary here would raise the process's peak before the measurement starts
+tv, ti, tail = [], [], []
+for rows in t.split(256):
+    top = torch.topk(rows.float(), K, dim=-1)
+    tv.append(top.values.half())
+    ti.append(top.indices.int())
+    tail.append(torch.log1p(-torch.softmax(rows.float(), -1).gather(-1, top.indices).sum(-1)))
+tv, ti, tail = torch.cat(tv), torch.cat(ti), torch.cat(tail)
 base = status_mb("VmRSS")
 t0 = time.perf_counter()
 if mode == "naive":
@@ -38,7 +41,7 @@ if mode == "naive":
 elif mode == "chunked":
     loss = distill_loss(s, t, chunk_size=CHUNK, reuse_logits=True)  # as the trainer calls it
 else:
-    loss = distill_loss(s, tv, t_indices=ti, chunk_size=CHUNK, reuse_logits=True)
+    loss = distill_loss(s, tv, t_indices=ti, t_tail=tail, chunk_size=CHUNK, reuse_logits=True)
 loss.backward()
 seconds = time.perf_counter() - t0
 peak = status_mb("VmHWM")
