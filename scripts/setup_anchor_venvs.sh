@@ -10,3 +10,8 @@ if [ ! -x .dev/lc/bin/python ]; then
   .dev/lc/bin/pip install -q llmcompressor==0.14.0.1
 fi
 .dev/lc/bin/python -c "import llmcompressor, transformers; print('llm-compressor', llmcompressor.__version__, 'transformers', transformers.__version__)"
+# TRL (GKDTrainer, for bench_distill_speed.py): its own folder on PYTHONPATH; it imports with our
+# transformers / accelerate / datasets, so only the package itself is installed.
+if [ ! -d .dev/trl_site/trl ]; then
+  .venv/bin/python -m pip install -q --no-deps --target .dev/trl_site trl==1.16.0
+fi
