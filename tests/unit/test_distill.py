@@ -288,6 +288,14 @@ def test_qlora_needs_lora_rank():
         DistillConfig(teacher="x", qlora=True)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # a fixed port may still be held by an earlier run
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_data_parallel_run_under_a_launcher(tiny_model_dir, tokenizer, tmp_path):
     """Two processes under torchrun (what ``accelerate launch --multi_gpu`` starts; gloo on CPU):
     the Trainer shares the batches, the main process builds the logit cache once, and only it
@@ -312,10 +320,13 @@ calibration: {{source: wiki_calib, num_samples: 16, seq_len: 32}}
 evaluation: {{source: wiki_eval, max_tokens: 256, seq_len: 64}}
 """)
     cli = Path(sys.executable).parent / "llmcompress"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(_free_port()),
                            str(cli), "run", str(tmp_path / "r.yaml"), "--model", str(student), "--output",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # every rank's error lines first (the launcher's own report comes last and hides them), then the tail
+    errors = "\n".join(ln for ln in proc.stderr.splitlines() if "Error" in ln or "[rank1]" in ln)
+    assert proc.returncode == 0, errors[-4000:] + "\n...\n" + proc.stderr[-2000:]
     assert proc.stdout.count("wrote ") == 1 and proc.stdout.count("| perplexity |") == 1
     import json
 
