@@ -302,7 +302,8 @@ def _compress_streaming(recipe: Recipe, source, output_dir, *, overwrite, device
         t0 = time.perf_counter()
         model = get_method(stage.METHOD).apply(model, stage, ctx) or model
         ctx.notes["stage_seconds"] = {f"1:{stage.METHOD}": round(time.perf_counter() - t0, 2)}
-        stream.writer.add(stream.outer_tensors(model))
+        # the non-layer tensors (the layers are on the meta device by now), tied ones once
+        stream.writer.add({k: v for k, v in export.plain_state_dict(model).items() if not v.is_meta})
         stream.writer.close()
         export.write_config(model, tmp, export.serialize(model, {**stream.options, "config_only": True}))
         fmt = recipe.output.format

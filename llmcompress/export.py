@@ -118,27 +118,13 @@ def parse_size(text: str | int, key: str = "max_shard_size") -> int:
     return int(float(m.group(1)) * unit)
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], folder: Path, max_shard: int | str = "5GB") -> None:
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard)
-    for filename, keys in split.filename_to_tensors.items():
-        save_file({k: tensors[k] for k in keys}, folder / filename, metadata={"format": "pt"})
-        os.chmod(folder / filename, 0o644)
-    if split.is_sharded:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                 "weight_map": split.tensor_to_filename}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
 class ShardWriter:
     """Writes tensors as they come, one safetensors shard whenever ``max_shard_bytes`` have gathered.
 
-    For models that are never whole in memory (``low_memory``): a decoder layer's tensors are
-    added as soon as it is compressed and then dropped. Shards get their final
-    ``model-0000i-of-0000n`` names, and the index its weight map, in :meth:`close`.
+    The writer of every serialized checkpoint: :func:`save` adds a whole state dict at once; for
+    models that are never whole in memory (``low_memory``) a decoder layer's tensors are added as
+    soon as it is compressed and then dropped. Shards get their final ``model-0000i-of-0000n``
+    names, and the index its weight map, in :meth:`close` (one shard: ``model.safetensors``).
     """
 
     def __init__(self, folder: Path, max_shard_bytes: int = 5 * 10**9):
@@ -266,8 +252,9 @@ def save(
         elif not serialized:
             model.save_pretrained(tmp, max_shard_size=parse_size(options.get("max_shard_size", "5GB")))
         else:
-            _write_safetensors(merge_tensors(plain_state_dict(model), serialized), tmp,
-                               parse_size(options.get("max_shard_size", "5GB")))
+            writer = ShardWriter(tmp, parse_size(options.get("max_shard_size", "5GB")))
+            writer.add(merge_tensors(plain_state_dict(model), serialized))
+            writer.close()
             write_config(model, tmp, serialized)
         write_extras(tmp, tokenizer, recipe_yaml, report, model_card)
         if finalize is not None:

@@ -48,12 +48,11 @@ class OutputConfig(ConfigBase):
     format: str = field(default="compressed-tensors", metadata={"help": "quantized weights format: compressed-tensors | gptq"})
     verify: bool = field(default=True, metadata={"help": "reload the output in a fresh process and compare logits"})
     low_memory: bool = field(default=False, metadata={"help": "read, compress and write one decoder layer at a time, for models larger than RAM (gptq; no before/after evaluation or reload check)"})
+    max_shard_size: str = field(default="5GB", metadata={"help": "largest safetensors file, e.g. 5GB, 500MB (as save_pretrained)"})
 
     @classmethod
     def _label(cls) -> str:
         return "output"
-
-    max_shard_size: str = field(default="5GB", metadata={"help": "largest safetensors file, e.g. 5GB, 500MB (as save_pretrained)"})
 
     def __post_init__(self):
         check_choice("format", self.format, OUTPUT_FORMATS)

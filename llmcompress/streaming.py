@@ -208,15 +208,3 @@ class LayerStream:
         self.writer.add({f"{prefix}.{n}": t.clone() for n, t in tensors.items()})
         del tensors
         _return_freed_memory()
-
-    def outer_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The non-layer tensors, tied duplicates once (as ``save_pretrained`` writes them)."""
-        out, seen = {}, set()
-        for key, t in model.state_dict().items():
-            if t.is_meta:
-                continue
-            if t.data_ptr() in seen:
-                continue
-            seen.add(t.data_ptr())
-            out[key] = t
-        return out

@@ -89,7 +89,8 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
     """Run ``update`` on every module of ``todo`` (full name -> option), layer by layer.
 
     Modules that share an input and have equal options are handed to ``update`` together
-    (GPTQ stacks their rows). ``stream``: see :func:`~llmcompress.calibration.run_layerwise`. Returns ``{"layers": {names: stats}, "layer_seconds": [...]}``.
+    (GPTQ stacks their rows). ``stream``: see :func:`~llmcompress.calibration.run_layerwise`.
+    Returns ``{"layers": {names: stats}, "layer_seconds": [...]}``.
     """
     calib_dtype = None if calibration_dtype == "auto" else DTYPES[calibration_dtype]
     stats: dict = {"layers": {}}

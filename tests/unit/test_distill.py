@@ -225,6 +225,20 @@ def test_distilled_student_saves_and_reloads(tiny_model_dir, tokenizer, tmp_path
     assert "## Distillation" in card and str(tiny_model_dir) in card and "steps" in card
 
 
+def test_cache_of_another_temperature_is_refused(tiny_model_dir, tokenizer, tmp_path):
+    """A cache_dir holding a top-k cache built at another temperature (its tail masses differ) is not
+    silently reused."""
+    ids = torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(0))
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    build_cache(teacher, ids, tmp_path / "cache", k=8, temperature=1.0)
+    cfg = DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=1, batch_size=2, top_k=8,
+                        temperature=2.0, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="temperature 1.0.*asks for top-8 at 2.0"):
+        apply_distill(make_model(layers=1, seed=2), cfg, ctx_for(tokenizer, ids))
+
+
 def test_teacher_in_4bit(tiny_model_dir, tokenizer):
     pytest.importorskip("bitsandbytes")
     ids = torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(0))

@@ -237,7 +237,9 @@ def test_low_memory_writes_the_same_bytes_in_shards(model_dir, fmt, request, tmp
     AutoTokenizer.from_pretrained(request.getfixturevalue(model_dir)).save_pretrained(src)
     assert (src / "model.safetensors.index.json").exists()
     calib = CalibrationConfig(num_samples=8, seq_len=64)
-    compress(str(src), _gptq_recipe(format=fmt), tmp_path / "full", calibration=calib, evaluation=False, verify=False)
+    # both paths write shards through the same ShardWriter; the in-memory one is also reloaded and checked
+    compress(str(src), _gptq_recipe(format=fmt, max_shard_size="200KB", verify=fmt == "compressed-tensors"),
+             tmp_path / "full", calibration=calib, evaluation=False)
     res = compress(str(src), _gptq_recipe(format=fmt, max_shard_size="300KB", low_memory=True), tmp_path / "stream",
                    calibration=calib, evaluation=False)
     assert res.model is None and res.notes["low_memory"]
@@ -258,6 +260,7 @@ def test_low_memory_writes_the_same_bytes_in_shards(model_dir, fmt, request, tmp
     for f in files:  # under the limit, unless one tensor alone exceeds it (the 512 x 256 fp32 embedding)
         assert (list(index["weight_map"].values()).count(f) == 1
                 or (tmp_path / "stream" / f).stat().st_size < 300_000 + 4096), f  # + the JSON header
+    assert (tmp_path / "full" / "model.safetensors.index.json").exists()
     assert json.loads((tmp_path / "full" / "config.json").read_text()) == json.loads(
         (tmp_path / "stream" / "config.json").read_text())
     if fmt == "compressed-tensors":  # GPTQ v1 loads through optimum + gptqmodel (scripts/check_gptq_v1_reload.py)
