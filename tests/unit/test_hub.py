@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from huggingface_hub import ModelCard
 
@@ -181,3 +182,57 @@ def test_card_never_names_a_local_path_as_base_model(tmp_path):
                         license="apache-2.0")
     card = ModelCard(model_card(Recipe(stages=[RTNConfig()], name="t"), alias, None, "compressed-tensors"))
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+
+
+def test_hub_id_as_the_model_in_memory_and_low_memory(hub, tiny_model_dir, tmp_path):
+    """A hub id as the source, in a fresh process that sees only the (loopback) Hub: downloaded by
+    huggingface_hub, compressed in memory and layer by layer (low_memory reads the downloaded
+    snapshot's shards). Both outputs hold the same tensors; the card names the hub id."""
+    import os
+    import subprocess
+    import sys
+
+    from huggingface_hub import HfApi
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = tmp_path / "src"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(src, max_shard_size="400KB")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(src)
+    with pytest.MonkeyPatch.context() as mp:  # the loopback Hub speaks plain LFS, not Xet
+        import huggingface_hub.constants
+
+        mp.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        api.create_repo("llmco/tiny-base")
+        api.upload_folder(folder_path=src, repo_id="llmco/tiny-base")
+    script = (
+        "import sys\n"
+        "from llmcompress import Recipe, compress\n"
+        "from llmcompress.data import CalibrationConfig\n"
+        "from llmcompress.methods.gptq import GPTQConfig\n"
+        "from llmcompress.recipe import OutputConfig\n"
+        "low = sys.argv[2] == 'low'\n"
+        "r = Recipe(stages=[GPTQConfig(bits=4, group_size=64)], name='hub', output=OutputConfig(low_memory=low))\n"
+        "res = compress('llmco/tiny-base', r, sys.argv[1], calibration=CalibrationConfig(num_samples=8, seq_len=64),\n"
+        "               evaluation=False)\n"
+        "assert (res.model is None) == low and (low or res.reload_max_abs_diff == 0)\n"
+    )
+    env = {**os.environ, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    env.pop("HF_HUB_OFFLINE", None)
+    for mode in ("full", "low"):
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / mode), mode], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert any("/resolve/" in p for _, p in hub.requests), "files must come from the Hub"
+
+    def tensors(folder):
+        out = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            out.update(load_file(f))
+        return out
+
+    a, b = tensors(tmp_path / "full"), tensors(tmp_path / "low")
+    assert a.keys() == b.keys() and any(k.endswith("weight_packed") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ModelCard((tmp_path / "full" / "README.md").read_text()).data.base_model == "llmco/tiny-base"
