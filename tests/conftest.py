@@ -94,3 +94,13 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login, empty cache
     yield server
     server.stop()
+
+
+def read_tensors(folder: Path) -> dict:
+    """Every tensor of a saved output's safetensors files (shards merged)."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out

@@ -9,7 +9,7 @@ from llmcompress.methods.quant.grid import QuantArgs, fake_quantize, group_qpara
 from llmcompress.methods.quant.record import QuantRecord, quantized_modules
 from llmcompress.verify import reference_ids, reload_logits
 
-from ..conftest import VOCAB
+from ..conftest import VOCAB, read_tensors
 
 
 def layer_problem(rows=128, cols=256, n=2048, seed=0):
@@ -227,7 +227,6 @@ def test_low_memory_writes_the_same_bytes_in_shards(model_dir, fmt, request, tmp
     into a sharded output, and the output loads with plain from_pretrained."""
     import json
 
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     src = tmp_path / "sharded-src"
@@ -244,13 +243,8 @@ def test_low_memory_writes_the_same_bytes_in_shards(model_dir, fmt, request, tmp
                    calibration=calib, evaluation=False)
     assert res.model is None and res.notes["low_memory"]
 
-    def tensors(folder):
-        out = {}
-        for f in sorted(folder.glob("*.safetensors")):
-            out.update(load_file(f))
-        return out
 
-    full, stream = tensors(tmp_path / "full"), tensors(tmp_path / "stream")
+    full, stream = read_tensors(tmp_path / "full"), read_tensors(tmp_path / "stream")
     assert full.keys() == stream.keys() and any(k.endswith(("weight_packed", "qweight")) for k in full)
     for k in full:
         assert full[k].dtype == stream[k].dtype and torch.equal(full[k], stream[k]), k

@@ -17,6 +17,8 @@ from llmcompress.hub import HubError, push
 from llmcompress.methods.rtn import RTNConfig
 from llmcompress.verify import reference_ids, reload_logits
 
+from ..conftest import read_tensors
+
 EVAL = EvaluationConfig(max_tokens=256, seq_len=64, latency=False)
 
 
@@ -193,7 +195,6 @@ def test_hub_id_as_the_model_in_memory_and_low_memory(hub, tiny_model_dir, tmp_p
     import sys
 
     from huggingface_hub import HfApi
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = tmp_path / "src"
@@ -226,13 +227,8 @@ def test_hub_id_as_the_model_in_memory_and_low_memory(hub, tiny_model_dir, tmp_p
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert any("/resolve/" in p for _, p in hub.requests), "files must come from the Hub"
 
-    def tensors(folder):
-        out = {}
-        for f in sorted(folder.glob("*.safetensors")):
-            out.update(load_file(f))
-        return out
 
-    a, b = tensors(tmp_path / "full"), tensors(tmp_path / "low")
+    a, b = read_tensors(tmp_path / "full"), read_tensors(tmp_path / "low")
     assert a.keys() == b.keys() and any(k.endswith("weight_packed") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert ModelCard((tmp_path / "full" / "README.md").read_text()).data.base_model == "llmco/tiny-base"
