@@ -108,8 +108,10 @@ def main():
     common = dict(teacher=teacher, teacher_dtype=args.teacher_dtype, max_steps=args.steps, batch_size=args.batch,
                   learning_rate=args.lr, lr_scheduler="cosine", warmup_steps=max(1, args.steps // 10),
                   mixed_precision=args.precision, logging_steps=max(1, args.steps // 6), seed=0)
-    cached = dict(top_k=args.top_k, cache_dir=str(work / "cache"))
-    variants = [(label, {**kw, **(cached if kw.get("top_k", 1) else {})}) for key, (label, kw) in VARIANTS.items()
+    def cached(kw):  # the cache stores the teacher at the distillation temperature: one per temperature
+        return dict(top_k=args.top_k, cache_dir=str(work / f"cache-T{kw.get('temperature', 1.0)}"))
+
+    variants = [(label, {**kw, **(cached(kw) if kw.get("top_k", 1) else {})}) for key, (label, kw) in VARIANTS.items()
                 if key in args.variants.split(",")]
     for label, kw in variants:
         print(f"[{args.model}] {label} ...", flush=True)
@@ -119,7 +121,8 @@ def main():
         apply_distill(student, DistillConfig(**common, **kw), ctx)
         n = ctx.notes["distill"]
         results[label] = {"ppl": cb.curve[-1], "curve": cb.curve, "train_seconds": n["train_seconds"],
-                          "tokens": n["tokens"], "cache_seconds": n.get("cache_seconds")}
+                          "tokens": n["tokens"], "cache_seconds": n.get("cache_seconds"),
+                          "temperature": kw.get("temperature", 1.0)}
         del student
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
@@ -167,9 +170,8 @@ def render(args, results: dict, mem: dict) -> None:
         curve = ", ".join(f"{c['tokens'] // 1000}k: {c['wiki_eval']:.2f}" for c in r.get("curve", []))
         speed = f"{r['tokens'] / r['train_seconds']:.0f}" if "train_seconds" in r else "-"
         rows.append(f"| {label} | {cells} | {ratio} | {curve or '-'} | {speed} |")
-    cache_s = results["cross-entropy only"].get("cache_seconds")
-    if cache_s is None:
-        cache_s = next((r.get("cache_seconds") for r in results.values() if r.get("cache_seconds")), None)
+    builds = {r.get("temperature", 1.0): r["cache_seconds"] for r in results.values() if r.get("cache_seconds")}
+    cache_s = ", ".join(f"T={t:g}: {s:.1f} s" for t, s in sorted(builds.items())) or "-"
     if args.teacher:
         student_row = results["student, untrained"]
         teacher_row = results[f"teacher ({args.teacher})"]
@@ -191,8 +193,8 @@ def render(args, results: dict, mem: dict) -> None:
         f"Each student trains {args.steps} steps of {args.batch} x {args.seq_len} tokens ({args.steps * tps:,} "
         f"tokens; {args.samples} windows of `wiki_calib`, seed 1: {args.steps * args.batch / args.samples:.2f} "
         f"epochs), AdamW lr {args.lr} cosine, mixed precision {args.precision}, same data order; teacher logit "
-        f"cache (top-{args.top_k} and the log-mass of the rest) built once "
-        f"in {cache_s if cache_s is not None else '-'} s. Perplexity on 2048 held-out "
+        f"cache (top-{args.top_k} and the log-mass of the rest) built once per temperature "
+        f"({cache_s}). Perplexity on 2048 held-out "
         "tokens of `wiki_eval` (the training domain) and `python_docs` (other text); 'vs CE' is the ratio "
         "to cross-entropy-only training at equal tokens (target <= 0.9); the curve is wiki_eval perplexity "
         "against tokens seen.\n\n"
