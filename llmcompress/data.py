@@ -13,6 +13,8 @@ Sources (the ``source`` key):
   (CC BY-SA, see ``llmcompress/data/README.md``); the two are disjoint articles;
 * ``python_docs``: English technical prose of a different domain, the Python language
   reference topics that ship with every CPython (``pydoc_data.topics``, PSF licence);
+* ``python_code``: source code, the first 20 KB of each top-level module of the running
+  CPython's standard library (PSF licence): calibration text for code models;
 * a path to a ``.txt`` file (paragraphs), or ``.jsonl`` / ``.json`` (one record a line,
   the ``text_field`` column);
 * a Hugging Face dataset name, ``NAME`` or ``NAME:CONFIG`` (e.g.
@@ -100,8 +102,17 @@ def _python_docs() -> list[str]:
     return [t.strip() for t in pydoc_data.topics.topics.values() if t.strip()]
 
 
-# Built-in sources made from installed packages rather than shipped files.
-GENERATED_TEXTS = {"python_docs": _python_docs}
+def _python_code(per_file: int = 20_000) -> list[str]:
+    import sysconfig
+
+    # Every top-level module, cut to its head: many modules rather than a few large ones.
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs = [p.read_text(encoding="utf-8", errors="replace")[:per_file] for p in sorted(stdlib.glob("*.py"))]
+    return [d.strip() for d in docs if d.strip()]
+
+
+# Built-in sources made from the running Python rather than shipped files.
+GENERATED_TEXTS = {"python_docs": _python_docs, "python_code": _python_code}
 
 
 def builtin_names() -> list[str]:

@@ -84,3 +84,12 @@ def test_python_docs_builtin(tokenizer):
     docs = load_texts(TextSource(source="python_docs"))
     assert len(docs) > 50 and any("assert" in d for d in docs)
     assert evaluation_windows(tokenizer, EvaluationConfig(source="python_docs", max_tokens=512, seq_len=128)).shape == (4, 128)
+
+
+def test_python_code_builtin(tokenizer):
+    """Standard-library source as calibration text: many modules, each cut to its head, real code."""
+    docs = load_texts(TextSource(source="python_code"))
+    assert len(docs) > 100 and all(len(d) <= 20_000 for d in docs)
+    assert sum("def " in d for d in docs) > 100 and any(d.startswith(('"""', "#", "import")) for d in docs)
+    ids = calibration_batches(tokenizer, CalibrationConfig(source="python_code", num_samples=4, seq_len=64))
+    assert ids.shape == (4, 64)
