@@ -1,0 +1,107 @@
+"""Which GPTQ setting moves perplexity on which text: one model, one option changed at a time.
+
+Starts from the settings of ``bench_gptq.py`` (int4 symmetric, group 128, act-order with static
+groups, MSE clipping, dampening 0.01, true-sequential, ``wiki_calib`` windows) and changes one
+thing per row; RTN and bitsandbytes nf4 (no calibration) are the references. Every variant is
+quantized in this process from the same loaded weights and evaluated in memory on the same
+held-out windows (the in-memory quantized model and its reloaded checkpoint give equal logits:
+tests/integration/test_smollm2_gptq.py). One run, one table, BENCHMARKS.md section
+``gptq_ablation``.
+
+Usage: python scripts/bench_gptq_ablation.py [--model qwen2.5-coder-0.5b] [--samples 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from _bench import evaluate_dir, machine, ppl_by_text, write_section
+from llmcompress import models
+from llmcompress.context import Context
+from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
+from llmcompress.methods.gptq import GPTQConfig
+from llmcompress.methods.rtn import RTNConfig
+from llmcompress.registry import get_method
+
+TEXTS = ("wiki_eval", "python_docs")
+# (label, GPTQ options changed from the base, calibration source)
+VARIANTS = [
+    ("GPTQ, base settings", {}, "wiki_calib"),
+    ("dampening 0.1", {"damp": 0.1}, "wiki_calib"),
+    ("no act-order", {"act_order": False}, "wiki_calib"),
+    ("not true-sequential (one pass per layer)", {"true_sequential": False}, "wiki_calib"),
+    ("minmax scales (no clipping search)", {"observer": "minmax"}, "wiki_calib"),
+    ("minmax scales, no act-order", {"observer": "minmax", "act_order": False}, "wiki_calib"),
+    ("group 64", {"group_size": 64}, "wiki_calib"),
+    ("calibrated on python_code", {}, "python_code"),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--samples", type=int, default=64, help="calibration windows of 512 tokens")
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--section", default="gptq_ablation")
+    args = ap.parse_args()
+    base_model, tok, src = models.load(args.model, dtype="float32")
+    windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=args.eval_tokens, seq_len=512))
+               for t in TEXTS}
+    res = {"original": {"ppl": ppl_by_text(base_model, windows, "original")}}
+
+    def run(label, stage, source):
+        ids = calibration_batches(tok, CalibrationConfig(source=source, num_samples=args.samples, seq_len=512, seed=0))
+        model = copy.deepcopy(base_model)
+        t0 = time.perf_counter()
+        get_method(stage.METHOD).apply(model, stage, Context(tokenizer=tok, device=torch.device("cpu"),
+                                                             calibration=lambda: ids))
+        seconds = time.perf_counter() - t0
+        res[label] = {"ppl": ppl_by_text(model, windows, label), "seconds": seconds}
+        print(label, res[label], flush=True)
+
+    for g in sorted({args.group, 64}, reverse=True):
+        run(f"RTN group {g}", RTNConfig(bits=4, group_size=g), "wiki_calib")
+    from transformers import BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    res["bnb nf4 (blocks of 64, double quant)"] = {
+        "ppl": evaluate_dir(src.path, windows, quantization_config=bnb, dtype=torch.float32)["ppl"]}
+    for label, options, source in VARIANTS:
+        if options.get("group_size") == args.group:
+            continue  # the base row already
+        stage = GPTQConfig(**{"bits": 4, "group_size": args.group, "act_order": True, "damp": 0.01,
+                              "block_size": 128, **options})
+        run(label, stage, source)
+    render(args, res)
+
+
+def render(args, res):
+    base = res["original"]["ppl"]
+    rows = []
+    for label, r in res.items():
+        cells = [f"{r['ppl'][t]:.2f}" + ("" if label == "original" else f" (+{r['ppl'][t] - base[t]:.2f})")
+                 for t in TEXTS]
+        secs = f"{r['seconds']:.0f}" if "seconds" in r else "-"
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} | {secs} |")
+    table = (
+        f"## GPTQ settings one at a time ({args.model})\n\n"
+        f"`python scripts/bench_gptq_ablation.py --model {args.model} --samples {args.samples} --group {args.group}` "
+        f"(one run; {machine()}). Base: symmetric int4, group {args.group}, act-order with static groups, MSE "
+        f"clipping search, dampening 0.01, true-sequential, {args.samples} random 512-token windows of "
+        "`wiki_calib` (seed 0); each GPTQ row changes what its name says. Perplexity on the first "
+        f"{args.eval_tokens} tokens of `wiki_eval` and `python_docs`, in brackets the increase over the "
+        "original; quantized in memory from the same weights (time in seconds, model load excluded).\n\n"
+        "| variant | ppl wiki_eval | ppl python_docs | quantize (s) |\n|---|---|---|---|\n"
+        + "\n".join(rows) + "\n")
+    print(table)
+    write_section(args.section, table)
+
+
+if __name__ == "__main__":
+    main()
