@@ -54,6 +54,16 @@ def evaluate_dir(path, windows: dict, **load_kwargs) -> dict:
     return out
 
 
+def nf4_ppl(model_dir, windows: dict) -> dict:
+    """Perplexity of the checkpoint loaded in bitsandbytes nf4 (double quant, float32 compute like the
+    other rows): the 4-bit reference without calibration."""
+    from transformers import BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    return evaluate_dir(model_dir, windows, quantization_config=bnb, dtype=torch.float32)["ppl"]
+
+
 def machine() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 

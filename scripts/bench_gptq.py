@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from _bench import ROOT, evaluate_dir, machine, python_of, run_child, this_python, write_section
+from _bench import ROOT, evaluate_dir, machine, nf4_ppl, python_of, run_child, this_python, write_section
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
 from llmcompress.export import directory_size
@@ -69,11 +69,7 @@ def main():
             info["size_mb"] = directory_size(out) / 2**20
             res[label] = info
         # bitsandbytes nf4: 4 bits too, no calibration (double quant, float32 compute like the others)
-        from transformers import BitsAndBytesConfig
-
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=torch.float32)
-        res["bnb nf4"] = {"ppl": evaluate_dir(mdir, windows, quantization_config=bnb, dtype=torch.float32)["ppl"]}
+        res["bnb nf4"] = {"ppl": nf4_ppl(mdir, windows)}
         raw[alias] = {"samples": n_samples, "group_size": g, **res}
         base = res["original"]["ppl"]
         d_rtn = {t: res["RTN int4"]["ppl"][t] - base[t] for t in TEXTS}

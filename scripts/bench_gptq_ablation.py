@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from _bench import evaluate_dir, machine, ppl_by_text, write_section
+from _bench import machine, nf4_ppl, ppl_by_text, write_section
 from llmcompress import models
 from llmcompress.context import Context
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
@@ -66,12 +66,7 @@ def main():
 
     for g in sorted({args.group, 64}, reverse=True):
         run(f"RTN group {g}", RTNConfig(bits=4, group_size=g), "wiki_calib")
-    from transformers import BitsAndBytesConfig
-
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32)
-    res["bnb nf4 (blocks of 64, double quant)"] = {
-        "ppl": evaluate_dir(src.path, windows, quantization_config=bnb, dtype=torch.float32)["ppl"]}
+    res["bnb nf4 (blocks of 64, double quant)"] = {"ppl": nf4_ppl(src.path, windows)}
     for label, options, source in VARIANTS:
         if options.get("group_size") == args.group:
             continue  # the base row already
