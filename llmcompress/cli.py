@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = "interrupted; nothing was written" if isinstance(exc, KeyboardInterrupt) else str(exc)
         print(f"llmcompress: error: {msg}", file=sys.stderr)
         return 130 if isinstance(exc, KeyboardInterrupt) else 2
+    finally:
+        from .distributed import shutdown
+
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -39,6 +39,19 @@ def local_device() -> torch.device:
     return torch.device("cuda")
 
 
+def _state():
+    """accelerate's process state for this launch.
+
+    ``PartialState()`` alone does not see a CPU launch (torchrun without GPUs): it reports one
+    process and every rank believes it is the main one, so "main first" ran the block in all
+    ranks at once (each built the same logit cache into the same folder). ``cpu=True`` makes it
+    join the gloo group that torchrun describes.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=local_device().type == "cpu")
+
+
 @contextmanager
 def main_process_first():
     """The main process runs the block first; the others enter it once it has finished."""
@@ -46,7 +59,22 @@ def main_process_first():
         with nullcontext():
             yield
         return
-    from accelerate import PartialState
-
-    with PartialState().main_process_first():
+    state = _state()
+    if state.num_processes != world_size():  # never silently run the block in every rank at once
+        raise RuntimeError(f"accelerate sees {state.num_processes} process(es) but the launcher started "
+                           f"{world_size()}: cannot let the main process go first")
+    with state.main_process_first():
         yield
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly at the end of a launched run.
+
+    Without it a rank that has finished (the secondary ones skip measuring and writing) exits
+    with gloo / NCCL still holding the group, and the interpreter's teardown of those threads
+    can abort the process. Local, not a collective: the main process may still be writing.
+    """
+    import torch.distributed as dist
+
+    if world_size() > 1 and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -200,6 +200,7 @@ def apply_distill(model, cfg: DistillConfig, ctx):
                                                                             cfg.temperature))
         with main_process_first():  # several processes: the main one builds, the others read
             if not (folder / "index.json").exists():
+                logger.info("building the teacher's top-%d logit cache in %s", cfg.top_k, folder)
                 t0 = time.perf_counter()
                 build_cache(teacher, ids, folder, cfg.top_k, temperature=cfg.temperature,
                             teacher_name=teacher_src.base_model, device=device)
