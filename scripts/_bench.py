@@ -16,6 +16,22 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 
+def work_dir(path: str | None, prefix: str) -> Path:
+    """The benchmark's scratch folder: ``path`` if given (kept, for inspection), otherwise a temp
+    folder removed when the script exits, even on error (the outputs of one run reach 8 GB)."""
+    if path:
+        work = Path(path)
+        work.mkdir(parents=True, exist_ok=True)
+        return work
+    import atexit
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    return work
+
+
 def run_child(cmd: list[str], env: dict | None = None, timeout: int | None = None) -> dict:
     """Run a child that prints one JSON line last; returns it with the wall time added."""
     t0 = time.perf_counter()

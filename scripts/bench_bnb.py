@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import tempfile
-from pathlib import Path
 
 import torch
 
-from _bench import ROOT, machine, run_child, this_python, write_section
+from _bench import ROOT, machine, run_child, this_python, work_dir, write_section
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
 from llmcompress.evaluate import latency, perplexity
@@ -48,9 +46,10 @@ def main():
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
     ap.add_argument("--gptq-dir", nargs="*", default=[], help="MODEL=DIR of an existing llmcompress GPTQ output")
     ap.add_argument("--samples", type=int, default=64, help="GPTQ calibration windows when a GPTQ output is made")
+    ap.add_argument("--work", default=None, help="folder for the outputs, kept (default: a temp folder, removed at exit)")
     args = ap.parse_args()
     given = dict(x.split("=", 1) for x in args.gptq_dir)
-    work = Path(tempfile.mkdtemp(prefix="bench_bnb_"))
+    work = work_dir(args.work, "bench_bnb_")
     rows = []
     for alias in args.models:
         _, tok, src = models.load(alias)

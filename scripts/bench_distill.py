@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import tempfile
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from _bench import ROOT, machine, ppl_by_text, run_child, this_python, write_section
+from _bench import ROOT, machine, ppl_by_text, run_child, this_python, work_dir, write_section
 from llmcompress import models
 from llmcompress.context import Context
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
@@ -76,13 +75,14 @@ def main():
     ap.add_argument("--render", help="only re-render the table from a results.json of an earlier run")
     ap.add_argument("--memory-only", action="store_true",
                     help="only measure the loss-step memory (section distill_memory)")
+    ap.add_argument("--work", default=None, help="folder for the outputs, kept (default: a temp folder, removed at exit)")
     args = ap.parse_args()
     if args.memory_only:
         return memory_table(measure_memory())
     if args.render:
         saved = json.loads(Path(args.render).read_text())
         return render(args, saved["results"], saved["mem"])
-    work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
+    work = work_dir(args.work, "bench_distill_")
     teacher = args.teacher or args.model
     dense, tok, src = models.load(args.model, dtype="float32")
     windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=2048, seq_len=512)) for t in TEXTS}
@@ -130,7 +130,8 @@ def main():
     # grows with every freed block), and RSS would report freed memory as used.
     mem = {} if args.skip_memory else measure_memory()
     (work / "results.json").write_text(json.dumps({"results": results, "mem": mem}, indent=2, default=str))
-    print(f"raw results: {work / 'results.json'}")
+    if args.work:
+        print(f"raw results: {work / 'results.json'}")
     render(args, results, mem)
 
 

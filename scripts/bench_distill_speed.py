@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import tempfile
-from pathlib import Path
 
 import torch
 
-from _bench import ROOT, machine, run_child, this_python, write_section
+from _bench import ROOT, machine, run_child, this_python, work_dir, write_section
 
 OURS = r"""
 import json, sys, time, torch
@@ -46,6 +44,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--work", default=None, help="folder for the outputs, kept (default: a temp folder, removed at exit)")
     args = ap.parse_args()
     from llmcompress import models
     from llmcompress.context import Context
@@ -55,7 +54,7 @@ def main():
     trl_site = ROOT / ".dev" / "trl_site"
     if not (trl_site / "trl").is_dir():
         raise SystemExit(f"TRL is not installed in {trl_site}: python -m pip install --no-deps --target {trl_site} trl==1.16.0")
-    work = Path(tempfile.mkdtemp(prefix="bench_distill_speed_"))
+    work = work_dir(args.work, "bench_distill_speed_")
     dense, tok, src = models.load(args.model, dtype="float32")
     prune_ids = calibration_batches(tok, CalibrationConfig(num_samples=64, seq_len=512, seed=0))
     student = copy.deepcopy(dense)

@@ -15,12 +15,10 @@ import argparse
 import gc
 import json
 import shutil
-import tempfile
-from pathlib import Path
 
 import torch
 
-from _bench import ROOT, evaluate_dir, machine, nf4_ppl, python_of, run_child, this_python, write_section
+from _bench import ROOT, evaluate_dir, machine, nf4_ppl, python_of, run_child, this_python, work_dir, write_section
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
 from llmcompress.export import directory_size
@@ -36,9 +34,9 @@ def main():
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=2048)
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
-    ap.add_argument("--work", default=None, help="folder for the quantized outputs (default: a temp dir)")
+    ap.add_argument("--work", default=None, help="folder for the quantized outputs, kept (default: a temp folder, removed at exit)")
     args = ap.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench_gptq_"))
+    work = work_dir(args.work, "bench_gptq_")
     anchor = python_of(args.anchor_venv)
     rows, raw = [], {}
     for alias, n_samples in zip(args.models, args.samples + args.samples[-1:] * len(args.models)):

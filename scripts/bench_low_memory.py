@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
-from _bench import machine, run_child, this_python, write_section
+from _bench import machine, run_child, this_python, work_dir, write_section
 
 GROUP = {"smollm2-135m": 64}  # SmolLM2's width 576 needs 64; the others take 128
 
@@ -62,8 +61,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b")
     ap.add_argument("--samples", type=int, default=32, help="calibration windows of 512 tokens")
+    ap.add_argument("--work", default=None, help="folder for the outputs, kept (default: a temp folder, removed at exit)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_low_memory_"))
+    work = work_dir(args.work, "bench_low_memory_")
     rows = []
     for model in args.models.split(","):
         group = GROUP.get(model, 128)

@@ -16,12 +16,10 @@ import gc
 import json
 import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
 
-from _bench import ROOT, evaluate_dir, machine, ppl_by_text, python_of, run_child, this_python, write_section
+from _bench import ROOT, evaluate_dir, machine, ppl_by_text, python_of, run_child, this_python, work_dir, write_section
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
 from llmcompress.methods.prune import PruneConfig, apply_prune
@@ -45,16 +43,15 @@ def main():
     ap.add_argument("--sparsity", type=float, default=0.5, help="magnitude pruning sparsity")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
     ap.add_argument("--anchors", nargs="*", default=None, help="anchor runs to include (default all): "
-                    + ", ".join(a[0] for a in ANCHORS))
+                    + ", ".join(a[0].replace("%", "%%") for a in ANCHORS))
     ap.add_argument("--anchor-models", nargs="*", default=["smollm2-135m"],
                     help="models llm-compressor runs on (its CPU pruning is slow: ~15 s per calibration window on SmolLM2)")
     ap.add_argument("--threshold-models", nargs="*", default=["smollm2-135m"],
                     help="models for the global-threshold timing (torch.nn.utils.prune needs ~40x the weights in RAM)")
-    ap.add_argument("--work", default=None)
+    ap.add_argument("--work", default=None, help="folder for the outputs and results.json, kept (default: a temp folder, removed at exit)")
     ap.add_argument("--section", default="prune", help="BENCHMARKS.md section to write")
     args = ap.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench_prune_"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(args.work, "bench_prune_")
     anchor = python_of(args.anchor_venv)
     rows, cost, raw = [], [], {}
     for alias, n_samples in zip(args.models, args.samples + args.samples[-1:] * len(args.models)):
