@@ -38,6 +38,8 @@ VARIANTS = [
     ("minmax scales, no act-order", {"observer": "minmax", "act_order": False}, "wiki_calib"),
     ("group 64", {"group_size": 64}, "wiki_calib"),
     ("calibrated on python_code", {}, "python_code"),
+    ("asymmetric (zero point per group)", {"sym": False}, "wiki_calib"),
+    ("asymmetric, group 64", {"sym": False, "group_size": 64}, "wiki_calib"),
 ]
 
 
@@ -66,9 +68,10 @@ def main():
 
     for g in sorted({args.group, 64}, reverse=True):
         run(f"RTN group {g}", RTNConfig(bits=4, group_size=g), "wiki_calib")
+    run(f"RTN group {args.group}, asymmetric", RTNConfig(bits=4, group_size=args.group, sym=False), "wiki_calib")
     res["bnb nf4 (blocks of 64, double quant)"] = {"ppl": nf4_ppl(src.path, windows)}
     for label, options, source in VARIANTS:
-        if options.get("group_size") == args.group:
+        if options == {"group_size": args.group}:
             continue  # the base row already
         stage = GPTQConfig(**{"bits": 4, "group_size": args.group, "act_order": True, "damp": 0.01,
                               "block_size": 128, **options})
@@ -91,7 +94,9 @@ def render(args, res):
         f"clipping search, dampening 0.01, true-sequential, {args.samples} random 512-token windows of "
         "`wiki_calib` (seed 0); each GPTQ row changes what its name says. Perplexity on the first "
         f"{args.eval_tokens} tokens of `wiki_eval` and `python_docs`, in brackets the increase over the "
-        "original; quantized in memory from the same weights (time in seconds, model load excluded).\n\n"
+        "original; quantized in memory from the same weights (time in seconds, model load excluded). "
+        "Asymmetric outputs are saved in the GPTQ v1 format (`output: {format: gptq}`): compressed-tensors' "
+        "asymmetric pack-quantized checkpoints do not load in transformers 5.17-5.24.\n\n"
         "| variant | ppl wiki_eval | ppl python_docs | quantize (s) |\n|---|---|---|---|\n"
         + "\n".join(rows) + "\n")
     print(table)
