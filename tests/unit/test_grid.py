@@ -77,3 +77,25 @@ def test_dequantize_in_bf16_matches_weight_dtype():
     q = integers(dq, s, z, args)
     assert torch.equal(dequantize(q, expand_groups(s, 64), None), dq)
     assert quantize(w, expand_groups(s.float(), 64), None, args).abs().max() <= 8
+
+
+@pytest.mark.parametrize("observer", ["minmax", "mse"])
+def test_asymmetric_zero_points_fit_gptq_v1(observer):
+    """GPTQ v1 stores ``zero - 1`` unsigned, so the lowest zero point (qmin) cannot be written
+    (found on Qwen2.5-Coder-0.5B: a down_proj group with all weights >= 0). Such groups keep one
+    level below zero and still cover their whole range."""
+    torch.manual_seed(0)
+    args = QuantArgs(bits=4, group_size=32, sym=False)
+    w = torch.randn(8, 128)
+    w[0, :32] = w[0, :32].abs()          # all >= 0: would need zero = qmin
+    w[1, 32:64] = w[1, 32:64].abs() + 0.5  # all > 0
+    w[2, 64:96] = -w[2, 64:96].abs()     # all <= 0: zero = qmax, fine
+    scale, zero = group_qparams(w, args, observer)
+    assert zero.min() >= args.qmin + 1 and zero.max() <= args.qmax
+    assert zero[2, 2] == args.qmax
+    dq = fake_quantize(w, scale, zero, args)
+    if observer == "minmax":  # no clipping: every group's extremes are within half a step
+        err = (dq - w).abs() / expand_groups(scale, 32)
+        assert err.max() <= 0.5 + 1e-4
+    else:
+        assert ((dq - w).norm() / w.norm()) < 0.1

@@ -2,8 +2,8 @@
 
 Conventions follow compressed-tensors (what vLLM and transformers load): integers are
 signed, ``q in [-2^(b-1), 2^(b-1) - 1]``; symmetric scales are ``absmax / ((qmax - qmin) / 2)``
-with no zero point; asymmetric grids keep a signed integer zero point ``z`` and
-dequantize as ``(q - z) * scale``. Groups run along the input dimension (columns).
+with no zero point; asymmetric grids keep a signed integer zero point ``z`` in
+``[qmin + 1, qmax]`` (what the GPTQ v1 format can store) and dequantize as ``(q - z) * scale``. Groups run along the input dimension (columns).
 """
 
 from __future__ import annotations
@@ -64,8 +64,16 @@ def qparams(w: torch.Tensor, args: QuantArgs, shrink: float | torch.Tensor = 1.0
     hi = w.amax(dim=-1, keepdim=True).clamp(min=0) * shrink
     scale = (hi - lo) / (args.qmax - args.qmin)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zero = torch.round(args.qmin - lo / scale).clamp(args.qmin, args.qmax)
-    return scale, zero
+    zero = torch.round(args.qmin - lo / scale)
+    # The GPTQ v1 format stores ``zero - 1`` unsigned, so the lowest zero point (qmin) cannot be
+    # written (loaders read it back as 2^bits - 1). Groups that would need it (min >= -scale/2:
+    # all weights about >= 0) spread [0, hi] over one step less and keep one level below zero.
+    low = zero < args.qmin + 1
+    if bool(low.any()):
+        narrow = hi / (args.qmax - args.qmin - 1)
+        scale = torch.where(low & (narrow > 0), narrow, scale)
+        zero = torch.where(low, torch.full_like(zero, args.qmin + 1), zero)
+    return scale, zero.clamp(args.qmin + 1, args.qmax)
 
 
 def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, args: QuantArgs) -> torch.Tensor:
