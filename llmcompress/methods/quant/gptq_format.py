@@ -78,6 +78,7 @@ def serialize(model: nn.Module, options: dict) -> Serialized | None:
             (rows, cols // g), offset, dtype=torch.int64)
         if bool((zero == 0).any()):
             # v1 stores zero - 1; a zero point of 0 would wrap to 2^bits - 1 in the loaders.
+            # (the grid keeps zero points >= 1 unsigned; this guards weights quantized elsewhere)
             raise ConfigError(f"layer '{name}' has a zero point of 0, which the GPTQ v1 format cannot "
                               "store; use sym: true or the compressed-tensors format", "sym")
         tensors[f"{name}.weight"] = None

@@ -3,7 +3,8 @@
 Conventions follow compressed-tensors (what vLLM and transformers load): integers are
 signed, ``q in [-2^(b-1), 2^(b-1) - 1]``; symmetric scales are ``absmax / ((qmax - qmin) / 2)``
 with no zero point; asymmetric grids keep a signed integer zero point ``z`` in
-``[qmin + 1, qmax]`` (what the GPTQ v1 format can store) and dequantize as ``(q - z) * scale``. Groups run along the input dimension (columns).
+``[qmin + 1, qmax]`` (what the GPTQ v1 format can store) and dequantize as ``(q - z) * scale``.
+Groups run along the input dimension (columns).
 """
 
 from __future__ import annotations
@@ -68,11 +69,10 @@ def qparams(w: torch.Tensor, args: QuantArgs, shrink: float | torch.Tensor = 1.0
     # The GPTQ v1 format stores ``zero - 1`` unsigned, so the lowest zero point (qmin) cannot be
     # written (loaders read it back as 2^bits - 1). Groups that would need it (min >= -scale/2:
     # all weights about >= 0) spread [0, hi] over one step less and keep one level below zero.
+    # No ``if low.any()``: qparams runs per group inside GPTQ's column loop, where a host sync costs.
     low = zero < args.qmin + 1
-    if bool(low.any()):
-        narrow = hi / (args.qmax - args.qmin - 1)
-        scale = torch.where(low & (narrow > 0), narrow, scale)
-        zero = torch.where(low, torch.full_like(zero, args.qmin + 1), zero)
+    narrow = hi / (args.qmax - args.qmin - 1)
+    scale = torch.where(low & (narrow > 0), narrow, scale)
     return scale, zero.clamp(args.qmin + 1, args.qmax)
 
 
