@@ -18,7 +18,11 @@ Sources (the ``source`` key):
 * a path to a ``.txt`` file (paragraphs), or ``.jsonl`` / ``.json`` (one record a line,
   the ``text_field`` column);
 * a Hugging Face dataset name, ``NAME`` or ``NAME:CONFIG`` (e.g.
-  ``wikitext:wikitext-2-raw-v1``), for users online; ``split`` picks the split.
+  ``wikitext:wikitext-2-raw-v1``), for users online; ``split`` picks the split;
+* for calibration, a blend of sources joined by ``+`` (``wiki_calib+python_code``): the
+  windows are split evenly between them (the first ones get the remainder), each drawn from
+  its own text. Hessians calibrated on one domain fit that domain: a code model calibrated on
+  prose alone loses more on code than it needs to (BENCHMARKS.md, ``gptq_ablation``).
 
 When calibration and evaluation name the same source, calibration draws only from the
 first ``1 - holdout`` of its tokens and evaluation reads only the rest, so the two
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -119,8 +123,35 @@ def builtin_names() -> list[str]:
     return [*BUILTIN_TEXTS, *GENERATED_TEXTS]
 
 
+def blend_parts(source: str) -> list[str]:
+    """The sources of a ``a+b`` blend, or ``[source]`` (a file whose name holds ``+`` is a file)."""
+    if "+" not in source or Path(source).expanduser().is_file():
+        return [source]
+    return [part.strip() for part in source.split("+")]
+
+
 def check_source(src: TextSource) -> None:
     """Fail early (before any model is loaded) when a local source cannot be read."""
+    parts = blend_parts(src.source)
+    if len(parts) > 1:
+        if not isinstance(src, CalibrationConfig):
+            raise DataError(
+                f"'{src.source}' blends several texts, which only calibration takes: evaluate on "
+                f"one text at a time (e.g. '{parts[0]}')."
+            )
+        if any(not part for part in parts) or len(set(parts)) < len(parts):
+            raise DataError(
+                f"calibration blend '{src.source}' has an empty or repeated part: name each text "
+                f"once, joined by '+' (e.g. 'wiki_calib+python_code')."
+            )
+        if src.num_samples < len(parts):
+            raise DataError(
+                f"calibration blend '{src.source}' has {len(parts)} texts but num_samples="
+                f"{src.num_samples}: take at least one window from each."
+            )
+        for part in parts:
+            check_source(replace(src, source=part, num_samples=1))
+        return
     if src.source in BUILTIN_TEXTS or src.source in GENERATED_TEXTS:
         return
     path = Path(src.source).expanduser()
@@ -232,9 +263,19 @@ def calibration_batches(
 ) -> torch.Tensor:
     """``[num_samples, seq_len]`` token windows drawn at random with ``cfg.seed``.
 
+    A blend (``a+b``) takes ``num_samples / len(parts)`` windows from each part, in order.
+
     Raises:
         DataError: when the text holds fewer than ``seq_len + 1`` tokens.
     """
+    parts = blend_parts(cfg.source)
+    if len(parts) > 1:
+        check_source(cfg)
+        share, extra = divmod(cfg.num_samples, len(parts))
+        return torch.cat([
+            calibration_batches(tokenizer, replace(cfg, source=part, num_samples=share + (i < extra)), evaluation)
+            for i, part in enumerate(parts)
+        ])
     ids = _split_for(cfg, evaluation, tokenize_source(tokenizer, cfg), "calibration")
     if len(ids) <= cfg.seq_len:
         raise DataError(
@@ -255,8 +296,10 @@ def evaluation_windows(
         DataError: when the text holds fewer than one window.
     """
     ids = tokenize_source(tokenizer, cfg)
-    if calibration is not None and calibration.key() == cfg.key():
-        ids = _split_for(calibration, cfg, ids, "evaluation")
+    # A blend shares a text with evaluation when one of its parts is that text.
+    parts = blend_parts(calibration.source) if calibration is not None else []
+    if any((part, calibration.split, calibration.text_field) == cfg.key() for part in parts):
+        ids = _split_for(cfg, cfg, ids, "evaluation")
     n = min(cfg.max_tokens, len(ids)) // cfg.seq_len
     if n == 0:
         raise DataError(

@@ -29,6 +29,7 @@ from llmcompress.registry import get_method
 
 TEXTS = ("wiki_eval", "python_docs")
 # (label, GPTQ options changed from the base, calibration source)
+BLEND = "wiki_calib+python_code"  # half the windows from each text
 VARIANTS = [
     ("GPTQ, base settings", {}, "wiki_calib"),
     ("dampening 0.1", {"damp": 0.1}, "wiki_calib"),
@@ -37,9 +38,14 @@ VARIANTS = [
     ("minmax scales (no clipping search)", {"observer": "minmax"}, "wiki_calib"),
     ("minmax scales, no act-order", {"observer": "minmax", "act_order": False}, "wiki_calib"),
     ("group 64", {"group_size": 64}, "wiki_calib"),
+    ("calibration forwards in float32 (not bfloat16)", {"calibration_dtype": "float32"}, "wiki_calib"),
     ("calibrated on python_code", {}, "python_code"),
+    (f"calibrated on {BLEND}", {}, BLEND),
     ("asymmetric (zero point per group)", {"sym": False}, "wiki_calib"),
+    ("asymmetric, minmax scales", {"sym": False, "observer": "minmax"}, "wiki_calib"),
     ("asymmetric, group 64", {"sym": False, "group_size": 64}, "wiki_calib"),
+    (f"asymmetric, group 64, {BLEND}", {"sym": False, "group_size": 64}, BLEND),
+    (f"asymmetric, group 64, minmax scales, {BLEND}", {"sym": False, "group_size": 64, "observer": "minmax"}, BLEND),
 ]
 
 
@@ -63,13 +69,17 @@ def main():
         get_method(stage.METHOD).apply(model, stage, Context(tokenizer=tok, device=torch.device("cpu"),
                                                              calibration=lambda: ids))
         seconds = time.perf_counter() - t0
-        res[label] = {"ppl": ppl_by_text(model, windows, label), "seconds": seconds}
+        # Stored bits per weight: the codes, a 16-bit scale and (asymmetric) a code-wide zero per group.
+        bits = stage.bits + (16 + (0 if stage.sym else stage.bits)) / stage.group_size
+        res[label] = {"ppl": ppl_by_text(model, windows, label), "seconds": seconds, "bits": bits}
         print(label, res[label], flush=True)
 
     for g in sorted({args.group, 64}, reverse=True):
         run(f"RTN group {g}", RTNConfig(bits=4, group_size=g), "wiki_calib")
-    run(f"RTN group {args.group}, asymmetric", RTNConfig(bits=4, group_size=args.group, sym=False), "wiki_calib")
-    res["bnb nf4 (blocks of 64, double quant)"] = {"ppl": nf4_ppl(src.path, windows)}
+    for g in sorted({args.group, 64}, reverse=True):
+        run(f"RTN group {g}, asymmetric", RTNConfig(bits=4, group_size=g, sym=False), "wiki_calib")
+    # nf4: 4-bit codes, an 8-bit absmax per block of 64, a float32 constant per 256 blocks.
+    res["bnb nf4 (blocks of 64, double quant)"] = {"ppl": nf4_ppl(src.path, windows), "bits": 4 + 8 / 64 + 32 / (64 * 256)}
     for label, options, source in VARIANTS:
         if options == {"group_size": args.group}:
             continue  # the base row already
@@ -86,18 +96,21 @@ def render(args, res):
         cells = [f"{r['ppl'][t]:.2f}" + ("" if label == "original" else f" (+{r['ppl'][t] - base[t]:.2f})")
                  for t in TEXTS]
         secs = f"{r['seconds']:.0f}" if "seconds" in r else "-"
-        rows.append(f"| {label} | {cells[0]} | {cells[1]} | {secs} |")
+        bits = f"{r['bits']:.3f}" if "bits" in r else "-"
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} | {bits} | {secs} |")
     table = (
         f"## GPTQ settings one at a time ({args.model})\n\n"
         f"`python scripts/bench_gptq_ablation.py --model {args.model} --samples {args.samples} --group {args.group}` "
         f"(one run; {machine()}). Base: symmetric int4, group {args.group}, act-order with static groups, MSE "
-        f"clipping search, dampening 0.01, true-sequential, {args.samples} random 512-token windows of "
-        "`wiki_calib` (seed 0); each GPTQ row changes what its name says. Perplexity on the first "
+        f"clipping search, dampening 0.01, true-sequential, bfloat16 calibration forwards, {args.samples} "
+        "random 512-token windows of `wiki_calib` (seed 0); each GPTQ row changes what its name says "
+        f"(`{BLEND}`: half the windows from each text, seed 0). Bits / weight: the stored codes, scales "
+        "and zero points per weight (bnb: codes, absmax and double-quant constants). Perplexity on the first "
         f"{args.eval_tokens} tokens of `wiki_eval` and `python_docs`, in brackets the increase over the "
         "original; quantized in memory from the same weights (time in seconds, model load excluded). "
         "Asymmetric outputs are saved in the GPTQ v1 format (`output: {format: gptq}`): compressed-tensors' "
         "asymmetric pack-quantized checkpoints do not load in transformers 5.17-5.24.\n\n"
-        "| variant | ppl wiki_eval | ppl python_docs | quantize (s) |\n|---|---|---|---|\n"
+        "| variant | ppl wiki_eval | ppl python_docs | bits / weight | quantize (s) |\n|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n")
     print(table)
     write_section(args.section, table)

@@ -93,3 +93,43 @@ def test_python_code_builtin(tokenizer):
     assert sum("def " in d for d in docs) > 100 and any(d.startswith(('"""', "#", "import")) for d in docs)
     ids = calibration_batches(tokenizer, CalibrationConfig(source="python_code", num_samples=4, seq_len=64))
     assert ids.shape == (4, 64)
+
+
+def test_calibration_blend_splits_windows_between_texts(tokenizer):
+    cfg = CalibrationConfig(source="wiki_calib+python_code", num_samples=5, seq_len=32, seed=0)
+    blend = calibration_batches(tokenizer, cfg)
+    wiki = calibration_batches(tokenizer, CalibrationConfig(source="wiki_calib", num_samples=3, seq_len=32, seed=0))
+    code = calibration_batches(tokenizer, CalibrationConfig(source="python_code", num_samples=2, seq_len=32, seed=0))
+    assert torch.equal(blend, torch.cat([wiki, code]))
+
+
+def test_calibration_blend_keeps_evaluation_text_held_out(tokenizer):
+    calib = CalibrationConfig(source="wiki_calib+python_docs", num_samples=64, seq_len=16, seed=0)
+    evaluation = EvaluationConfig(source="python_docs", max_tokens=10**9, seq_len=16)
+    held_out = evaluation_windows(tokenizer, evaluation, calib)
+    whole = evaluation_windows(tokenizer, evaluation)
+    assert len(held_out) < 0.25 * len(whole)  # only the tail (HOLDOUT) of python_docs
+    # The blend's python_docs windows come from the head only, as a single-text calibration's do.
+    docs = calibration_batches(tokenizer, calib, evaluation)[32:]
+    alone = CalibrationConfig(source="python_docs", num_samples=32, seq_len=16, seed=0)
+    assert torch.equal(docs, calibration_batches(tokenizer, alone, evaluation))
+    assert not torch.equal(docs, calibration_batches(tokenizer, alone))
+
+
+@pytest.mark.parametrize("source, message", [
+    ("wiki_calib+", "empty or repeated"),
+    ("wiki_calib+wiki_calib", "empty or repeated"),
+    ("wiki_calib+missing.txt", "does not exist"),
+])
+def test_bad_calibration_blends_are_refused(tokenizer, source, message):
+    with pytest.raises(DataError, match=message):
+        calibration_batches(tokenizer, CalibrationConfig(source=source, num_samples=4, seq_len=32))
+
+
+def test_blends_are_for_calibration_only():
+    from llmcompress.data import check_source
+
+    with pytest.raises(DataError, match="only calibration"):
+        check_source(EvaluationConfig(source="wiki_eval+python_docs"))
+    with pytest.raises(DataError, match="at least one window"):
+        check_source(CalibrationConfig(source="wiki_calib+python_code", num_samples=1))
