@@ -48,25 +48,6 @@ def test_output_error_below_rtn_and_on_grid(args, act_order):
     assert q.min() >= args.qmin and q.max() <= args.qmax
 
 
-@pytest.mark.parametrize("act_order", [False, True])
-def test_hessian_weighted_clipping_lowers_the_output_error(act_order):
-    # The search minimises sum_j H_jj (w_j - q_j)^2 per group, which on layer_problem's outlier
-    # input channels tracks the output error better than the plain weight error does.
-    W, X, H = layer_problem()
-    args = QuantArgs(4, 64, False)
-    err = {obs: ((W - gptq_quantize(W, H, args, act_order=act_order, observer=obs).weight) @ X.T).norm()
-           for obs in ("mse", "mse_hessian")}
-    assert err["mse_hessian"] < err["mse"]
-
-
-def test_hessian_observer_is_for_gptq_only():
-    from llmcompress.methods.rtn import RTNConfig
-
-    assert GPTQConfig(observer="mse_hessian").observer == "mse_hessian"
-    with pytest.raises(ConfigError, match="observer"):
-        RTNConfig(observer="mse_hessian")
-
-
 def test_act_order_uses_static_contiguous_groups():
     W, X, H = layer_problem()
     args = QuantArgs(4, 64, True)

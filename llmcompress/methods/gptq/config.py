@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from ...config import check_range
 from ..layerwise import LayerwiseOptions
-from ..quant.config import GPTQ_OBSERVERS, WeightQuantConfig
+from ..quant.config import WeightQuantConfig
 
 
 @dataclass
@@ -26,11 +26,10 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
 
     NEEDS_CALIBRATION: ClassVar[bool] = True
     STREAMABLE: ClassVar[bool] = True
-    OBSERVERS: ClassVar[tuple[str, ...]] = GPTQ_OBSERVERS
 
     # GPTQ's error feedback works best from MSE-clipped scales: on SmolLM2-135M (int4 g64,
     # 128 x 512 tokens) perplexity 21.26 with mse against ~22.7 with minmax.
-    observer: str = field(default="mse", metadata={"help": "scale search: mse (clipping search) | mse_hessian (weighted by the Hessian diagonal) | minmax"})
+    observer: str = field(default="mse", metadata={"help": "scale search: mse (clipping search) | minmax"})
 
     act_order: bool = field(default=True, metadata={"help": "quantize columns by decreasing Hessian diagonal (static groups)"})
     damp: float = field(default=0.01, metadata={"help": "dampening, fraction of the mean Hessian diagonal"})

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..quant.grid import QuantArgs, group_qparams, observer_shrink, qparams
+from ..quant.grid import QuantArgs, group_qparams, mse_shrink, qparams
 from . import kernel as _kernel
 
 
@@ -123,8 +123,8 @@ class GPTQResult:
     damp: float
 
 
-def _group_params(w: torch.Tensor, args: QuantArgs, observer: str, hdiag: torch.Tensor):
-    scale, zero = qparams(w, args, observer_shrink(w, args, observer, hdiag))
+def _group_params(w: torch.Tensor, args: QuantArgs, observer: str):
+    scale, zero = qparams(w, args, mse_shrink(w, args) if observer == "mse" else 1.0)
     return scale.squeeze(-1), (zero.squeeze(-1) if zero is not None else None)
 
 
@@ -251,8 +251,7 @@ def gptq_quantize(
         act_order: process columns by decreasing Hessian diagonal. Groups stay *static*
             (scales from the original, contiguous column groups), so the checkpoint needs
             no ``g_idx`` indirection at run time.
-        observer: each group's scale: ``minmax``, ``mse`` (clipping search on the weight error) or
-            ``mse_hessian`` (clipping search on the error weighted by the Hessian diagonal).
+        observer: ``minmax`` or ``mse`` (clipping search) for each group's scale.
         dtype: dtype the weights are stored in (scales are rounded to it before use, so the
             returned weights are exactly what a loader will rebuild); default ``W.dtype``.
         scale_dtype: dtype the scales are stored in (default ``dtype``); scales are rounded to it.
@@ -275,7 +274,6 @@ def gptq_quantize(
     H[dead, dead] = 1
     W[:, dead] = 0
     keep_zero = W == 0
-    hdiag = torch.diag(H).clone()  # in the original column order, for mse_hessian
 
     scale = torch.empty(rows, n_groups, device=W.device)
     zero = None if args.sym else torch.empty(rows, n_groups, device=W.device)
@@ -283,7 +281,7 @@ def gptq_quantize(
     # act-order, and the only sensible choice for one group per row).
     static = act_order or n_groups == 1
     if static:
-        s, z = group_qparams(W, args, observer, hdiag)
+        s, z = group_qparams(W, args, observer)
         scale.copy_(s)
         if zero is not None:
             zero.copy_(z)
@@ -347,8 +345,7 @@ def gptq_quantize(
                 Z1 = torch.empty_like(W1) if zero is not None else None
                 for j in range(0, n, g):
                     grp = (i1 + j) // g
-                    # Not static: no act-order, so columns are in their original order.
-                    s_, z_ = _group_params(W1[j : j + g].t(), args, observer, hdiag[i1 + j : i1 + j + g])
+                    s_, z_ = _group_params(W1[j : j + g].t(), args, observer)
                     s_ = s_.to(scale_dtype)
                     scale[:, grp] = s_
                     S1[j : j + g] = s_.float().unsqueeze(0)

@@ -12,8 +12,6 @@ from ...registry import MethodConfig
 from .grid import QuantArgs
 
 OBSERVERS = ("minmax", "mse")
-# GPTQ also has the Hessian, so it can weigh the clipping search by it.
-GPTQ_OBSERVERS = (*OBSERVERS, "mse_hessian")
 
 
 @dataclass
@@ -25,7 +23,6 @@ class WeightQuantConfig(MethodConfig):
     """
 
     KIND: ClassVar[str] = "quantized"
-    OBSERVERS: ClassVar[tuple[str, ...]] = OBSERVERS
 
     bits: int = field(default=4, metadata={"help": "weight bits: 2..8"})
     group_size: int = field(default=128, metadata={"help": "columns per scale; -1 = per output channel"})
@@ -40,7 +37,7 @@ class WeightQuantConfig(MethodConfig):
         check_range("bits", self.bits, 2, 8)
         if self.group_size != -1 and self.group_size < 1:
             raise ConfigError(f"'group_size' must be -1 (per channel) or a positive integer; got {self.group_size}", "group_size")
-        check_choice("observer", self.observer, self.OBSERVERS)
+        check_choice("observer", self.observer, OBSERVERS)
         for pattern, over in self.overrides.items():
             if not isinstance(over, dict) or set(over) - {"bits", "group_size", "sym"}:
                 raise ConfigError(

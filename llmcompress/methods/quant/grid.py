@@ -98,16 +98,9 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, 
     return (q * scale.float()).to(dtype)
 
 
-def mse_shrink(w: torch.Tensor, args: QuantArgs, grid: int = 20, max_shrink: float = 0.2, norm: float = 2.4,
-               weight: torch.Tensor | None = None):
+def mse_shrink(w: torch.Tensor, args: QuantArgs, grid: int = 20, max_shrink: float = 0.2, norm: float = 2.4):
     """Per-row clipping factor that minimises ``sum |w - dq(q(w))|^norm`` (GPTQ/llm-compressor's
-    MSE observer): tries ``1, 1 - max_shrink/grid, ..., 1 - max_shrink`` and keeps the best.
-
-    ``weight`` (broadcast against ``w``, e.g. the Hessian diagonal of each column) weighs each
-    column's error: with ``norm=2`` the search then minimises the layer-output error that rounding
-    each weight alone causes, ``sum_j H_jj (w_j - q_j)^2``, rather than the weight error, the
-    activation-aware idea of AWQ's clipping search (Lin et al., 2023) with GPTQ's own statistics.
-    """
+    MSE observer): tries ``1, 1 - max_shrink/grid, ..., 1 - max_shrink`` and keeps the best."""
     w = w.float()
     best_err = torch.full(w.shape[:-1] + (1,), float("inf"), device=w.device)
     best = torch.ones_like(best_err)
@@ -115,8 +108,6 @@ def mse_shrink(w: torch.Tensor, args: QuantArgs, grid: int = 20, max_shrink: flo
         p = 1 - max_shrink * i / grid
         scale, zero = qparams(w, args, p)
         err = (dequantize(quantize(w, scale, zero, args), scale, zero, torch.float32) - w).abs_().pow_(norm)
-        if weight is not None:
-            err = err * weight
         err = err.sum(dim=-1, keepdim=True)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
@@ -124,31 +115,13 @@ def mse_shrink(w: torch.Tensor, args: QuantArgs, grid: int = 20, max_shrink: flo
     return best
 
 
-def observer_shrink(w: torch.Tensor, args: QuantArgs, observer: str, hdiag: torch.Tensor | None = None):
-    """Clipping factor of each group (rows of ``w``, columns last) for an observer.
-
-    ``minmax``: none (1.0); ``mse``: the plain clipping search; ``mse_hessian``: the search weighted
-    by ``hdiag``, the Hessian diagonal of the group's columns (broadcast against ``w``).
-    """
-    if observer == "minmax":
-        return 1.0
-    if observer == "mse_hessian":
-        if hdiag is None:
-            raise ValueError("observer 'mse_hessian' needs the Hessian diagonal (GPTQ only)")
-        return mse_shrink(w, args, norm=2.0, weight=hdiag.float())
-    return mse_shrink(w, args)
-
-
-def group_qparams(w: torch.Tensor, args: QuantArgs, observer: str = "minmax", hdiag: torch.Tensor | None = None):
-    """Scales / zeros for a whole ``[rows, cols]`` weight: shapes ``[rows, n_groups]``.
-
-    ``hdiag``: ``[cols]`` Hessian diagonal, for the ``mse_hessian`` observer.
-    """
+def group_qparams(w: torch.Tensor, args: QuantArgs, observer: str = "minmax"):
+    """Scales / zeros for a whole ``[rows, cols]`` weight: shapes ``[rows, n_groups]``."""
     rows, cols = w.shape
     g = args.group_of(cols)
     wg = w.float().reshape(rows, cols // g, g)
-    hg = hdiag.reshape(1, cols // g, g) if hdiag is not None else None
-    scale, zero = qparams(wg, args, observer_shrink(wg, args, observer, hg))
+    shrink = mse_shrink(wg, args) if observer == "mse" else 1.0
+    scale, zero = qparams(wg, args, shrink)
     return scale.squeeze(-1), (zero.squeeze(-1) if zero is not None else None)
 
 
