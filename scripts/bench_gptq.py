@@ -7,6 +7,11 @@ evaluated here on the same held-out windows of two texts: Wikipedia (``wiki_eval
 from the calibration articles) and the Python reference docs (``python_docs``, another domain).
 
 Usage: python scripts/bench_gptq.py [--models smollm2-135m qwen2.5-coder-0.5b] [--samples 128 64]
+
+Other settings, the same for every quantizer: ``--asym`` (a zero point per group; the outputs
+cannot be reloaded here, so each child process measures its in-memory model, section
+``gptq_asym``), ``--groups 64 64`` (group size per model), ``--calibration wiki_calib+python_code``
+(a blend: half the windows from each text).
 """
 
 from __future__ import annotations
@@ -33,24 +38,36 @@ def main():
     ap.add_argument("--samples", nargs="+", type=int, default=[128, 64], help="calibration windows per model")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--asym", action="store_true", help="a zero point per group (GPTQ v1 output; measured in memory)")
+    ap.add_argument("--groups", nargs="+", type=int, default=None, help="group size per model (default: 64 for SmolLM2, 128 else)")
+    ap.add_argument("--calibration", default="wiki_calib", help="calibration text, or a blend 'a+b'")
+    ap.add_argument("--section", default=None, help="BENCHMARKS.md section (default: gptq, or gptq_asym with --asym)")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
     ap.add_argument("--work", default=None, help="folder for the quantized outputs, kept (default: a temp folder, removed at exit)")
     args = ap.parse_args()
     work = work_dir(args.work, "bench_gptq_")
     anchor = python_of(args.anchor_venv)
     rows, raw = [], {}
+    section = args.section or ("gptq_asym" if args.asym else "gptq")
+    groups = dict(zip(args.models, args.groups)) if args.groups else GROUP
     for alias, n_samples in zip(args.models, args.samples + args.samples[-1:] * len(args.models)):
-        g = GROUP[alias]
+        g = groups[alias]
         model, tok, src = models.load(alias)  # converts the GGUF once
         del model
         gc.collect()
         mdir = src.path
-        ids = calibration_batches(tok, CalibrationConfig(num_samples=n_samples, seq_len=args.seq_len, seed=0))
+        ids = calibration_batches(tok, CalibrationConfig(source=args.calibration, num_samples=n_samples,
+                                                         seq_len=args.seq_len, seed=0))
         ids_path = work / f"{alias}-ids.pt"
         torch.save(ids, ids_path)
         windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=args.eval_tokens, seq_len=512))
                    for t in TEXTS}
         res = {"original": {"ppl": evaluate_dir(mdir, windows), "size_mb": directory_size(mdir) / 2**20}}
+        extra = []
+        if args.asym:
+            windows_path = work / f"{alias}-windows.pt"
+            torch.save(windows, windows_path)
+            extra = ["--asym", "--eval", str(windows_path)]
         runs = [("RTN int4", [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py"), "rtn"]),
                 ("llmcompress GPTQ", [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py"), "gptq"])]
         if anchor:
@@ -60,10 +77,11 @@ def main():
         for label, cmd in runs:
             out = work / f"{alias}-{label.replace(' ', '_')}"
             shutil.rmtree(out, ignore_errors=True)
-            tail = [str(mdir), str(ids_path), str(g), str(out)]
+            tail = [str(mdir), str(ids_path), str(g), str(out), *extra]
             print(f"[{alias}] {label} ...", flush=True)
             info = run_child(cmd + tail)
-            info["ppl"] = evaluate_dir(out, windows)["ppl"]
+            if "ppl" not in info:  # measured in the child when the output cannot be reloaded here
+                info["ppl"] = evaluate_dir(out, windows)["ppl"]
             info["size_mb"] = directory_size(out) / 2**20
             res[label] = info
         # bitsandbytes nf4: 4 bits too, no calibration (double quant, float32 compute like the others)
@@ -82,21 +100,30 @@ def main():
             size = f"{info['size_mb']:.0f}" if "size_mb" in info else "-"
             rows.append(f"| {alias} | {label} | {cells[0]} | {cells[1]} | {q} | {mem} | {size} |")
         (work / "results.json").write_text(json.dumps(raw, indent=2))
+    grid = ("asymmetric int4 (a zero point per group; llmcompress writes GPTQ v1, llm-compressor its asymmetric "
+            "pack-quantized format; neither loads in this environment, so each child process measured its "
+            "in-memory quantized model on the same windows)") if args.asym else "symmetric int4"
+    gs = ", ".join(f"{m}: {groups[m]}" for m in args.models)
+    calib = f"`{args.calibration}`" + (" (a blend: half the windows from each text)" if "+" in args.calibration else "")
+    flags = "".join([" --asym" if args.asym else "", f" --groups {' '.join(str(groups[m]) for m in args.models)}" if args.groups else "",
+                     f" --calibration {args.calibration}" if args.calibration != "wiki_calib" else ""])
     header = (
-        "## GPTQ int4 (W4A16) against RTN, llm-compressor and bitsandbytes nf4\n\n"
-        f"`python scripts/bench_gptq.py` (one run; {machine()}). Calibration: random 512-token windows of the "
-        "built-in `wiki_calib` text, seed 0, the same token ids for both GPTQ implementations "
-        f"({', '.join(f'{m}: {n} windows' for m, n in zip(args.models, args.samples))}); symmetric int4, "
-        "act-order with static groups, dampening 0.01, block 128, lm_head kept. Perplexity on the first "
+        f"## GPTQ int4 (W4A16{', asymmetric' if args.asym else ''}) against RTN, llm-compressor and bitsandbytes nf4\n\n"
+        f"`python scripts/bench_gptq.py{flags}` (one run; {machine()}). Calibration: random 512-token windows of "
+        f"{calib}, seed 0, the same token ids for both GPTQ implementations "
+        f"({', '.join(f'{m}: {n} windows' for m, n in zip(args.models, args.samples))}); {grid}; group size "
+        f"{gs}; act-order with static groups, dampening 0.01, block 128, lm_head kept. Perplexity on the first "
         f"{args.eval_tokens} tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` "
         "(Python reference docs, another domain); in brackets the increase over the original and its ratio "
         "to RTN's increase. Quantize time and peak RSS are measured inside each quantizer's own child "
-        "process (model load excluded from the time, included in the memory).\n\n"
+        "process (model load excluded from the time, included in the memory). bnb nf4 stores about 4.13 "
+        "bits per weight (blocks of 64); int4 with a 16-bit scale per group stores 4 + 16/group, plus "
+        "4/group with zero points.\n\n"
         "| model | method | ppl wiki_eval | ppl python_docs | quantize (s) | peak RSS (MB) | size on disk (MB) |\n"
         "|---|---|---|---|---|---|---|\n")
     table = header + "\n".join(rows) + "\n"
     print(table)
-    write_section("gptq", table)
+    write_section(section, table)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """llmcompress GPTQ or RTN in a child process (so that its peak memory is its own).
 Prints one JSON line. Used by bench_gptq.py.
 
-Usage: python llmcompress_quantize.py METHOD MODEL_DIR IDS.pt GROUP_SIZE OUT_DIR
+Usage: python llmcompress_quantize.py METHOD MODEL_DIR IDS.pt GROUP_SIZE OUT_DIR [--asym] [--eval WINDOWS.pt]
+
+``--asym``: a zero point per group, written in the GPTQ v1 format. ``--eval``: perplexity of the
+in-memory quantized model on ``{text: windows}`` (for outputs the bench cannot reload); peak
+memory is read before it.
 """
 
+import argparse
 import json
 import logging
-import sys
 import time
 
 import torch
@@ -14,26 +18,36 @@ import torch
 from llmcompress import export, load_model
 from llmcompress.context import Context
 from llmcompress.methods.gptq import GPTQConfig
+from llmcompress.methods.quant.gptq_format import FORMAT as GPTQ_FORMAT, SCALE_DTYPE as GPTQ_SCALE_DTYPE
 from llmcompress.methods.rtn import RTNConfig
 from llmcompress.registry import get_method
 from _mem import status_mb  # noqa: E402  (scripts/anchors/_mem.py)
-
-
+from _ppl import ppl_by_text  # noqa: E402
 
 logging.basicConfig(level=logging.WARNING)
-method, model_dir, ids_path, group_size, out_dir = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+ap = argparse.ArgumentParser()
+for name in ("method", "model_dir", "ids", "group_size", "out_dir"):
+    ap.add_argument(name)
+ap.add_argument("--asym", action="store_true")
+ap.add_argument("--eval", default=None)
+a = ap.parse_args()
 t_start = time.perf_counter()
-ids = torch.load(ids_path)
-model, tok, _ = load_model(model_dir, dtype="float32")
-if method == "gptq":
-    stage = GPTQConfig(bits=4, group_size=group_size, act_order=True, damp=0.01, block_size=128)  # defaults: mse observer, bf16 forwards
+ids = torch.load(a.ids)
+model, tok, _ = load_model(a.model_dir, dtype="float32")
+sym, g = not a.asym, int(a.group_size)
+if a.method == "gptq":
+    stage = GPTQConfig(bits=4, group_size=g, sym=sym, act_order=True, damp=0.01, block_size=128)  # defaults: mse observer, bf16 forwards
 else:
-    stage = RTNConfig(bits=4, group_size=group_size)
+    stage = RTNConfig(bits=4, group_size=g, sym=sym)
 t0 = time.perf_counter()
-# The calibration ids are the ones llm-compressor gets (same windows, same order).
-ctx = Context(tokenizer=tok, device=torch.device("cpu"), calibration=lambda: ids)
+# The calibration ids are the ones llm-compressor gets (same windows, same order). Asymmetric
+# weights go to the GPTQ v1 format, whose scales are float16: round them so from the start.
+ctx = Context(tokenizer=tok, device=torch.device("cpu"), calibration=lambda: ids,
+              scale_dtype=None if sym else GPTQ_SCALE_DTYPE)
 get_method(stage.METHOD).apply(model, stage, ctx)
 quantize_s = time.perf_counter() - t0
-export.save(model, tok, out_dir, overwrite=True)
-print(json.dumps({"quantize_s": quantize_s, "process_s": time.perf_counter() - t_start,
-                  "peak_rss_mb": status_mb("VmHWM")}))
+export.save(model, tok, a.out_dir, overwrite=True, options=None if sym else {"format": GPTQ_FORMAT})
+info = {"quantize_s": quantize_s, "process_s": time.perf_counter() - t_start, "peak_rss_mb": status_mb("VmHWM")}
+if a.eval:
+    info["ppl"] = ppl_by_text(model, torch.load(a.eval))
+print(json.dumps(info))
