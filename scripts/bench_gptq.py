@@ -62,7 +62,7 @@ def main():
         torch.save(ids, ids_path)
         windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=args.eval_tokens, seq_len=512))
                    for t in TEXTS}
-        res = {"original": {"ppl": evaluate_dir(mdir, windows), "size_mb": directory_size(mdir) / 2**20}}
+        res = {"original": {"ppl": evaluate_dir(mdir, windows)["ppl"], "size_mb": directory_size(mdir) / 2**20}}
         extra = []
         if args.asym:
             windows_path = work / f"{alias}-windows.pt"
