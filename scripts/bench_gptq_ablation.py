@@ -108,8 +108,9 @@ def render(args, res):
         "and zero points per weight (bnb: codes, absmax and double-quant constants). Perplexity on the first "
         f"{args.eval_tokens} tokens of `wiki_eval` and `python_docs`, in brackets the increase over the "
         "original; quantized in memory from the same weights (time in seconds, model load excluded). "
-        "Asymmetric outputs are saved in the GPTQ v1 format (`output: {format: gptq}`): compressed-tensors' "
-        "asymmetric pack-quantized checkpoints do not load in transformers 5.17-5.24.\n\n"
+        "Scales stay float32 in memory; a saved asymmetric output goes to the GPTQ v1 format (compressed-tensors' "
+        "asymmetric pack-quantized checkpoints do not load in transformers 5.17-5.24), which stores float16 "
+        "scales and measures worse (`bench:gptq_asym`).\n\n"
         "| variant | ppl wiki_eval | ppl python_docs | bits / weight | quantize (s) |\n|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n")
     print(table)
