@@ -250,10 +250,8 @@ def tokenize_source(tokenizer, src: TextSource) -> torch.Tensor:
     return ids
 
 
-def _split_for(calib: TextSource, evaluation: TextSource | None, ids: torch.Tensor, side: str):
-    """Keep the calibration head / evaluation tail of a source both sides share."""
-    if evaluation is None or calib.key() != evaluation.key():
-        return ids
+def _holdout_part(ids: torch.Tensor, side: str) -> torch.Tensor:
+    """The calibration head / evaluation tail of a text both sides read."""
     cut = int(len(ids) * (1 - HOLDOUT))
     return ids[:cut] if side == "calibration" else ids[cut:]
 
@@ -276,7 +274,9 @@ def calibration_batches(
             calibration_batches(tokenizer, replace(cfg, source=part, num_samples=share + (i < extra)), evaluation)
             for i, part in enumerate(parts)
         ])
-    ids = _split_for(cfg, evaluation, tokenize_source(tokenizer, cfg), "calibration")
+    ids = tokenize_source(tokenizer, cfg)
+    if evaluation is not None and cfg.key() == evaluation.key():
+        ids = _holdout_part(ids, "calibration")
     if len(ids) <= cfg.seq_len:
         raise DataError(
             f"calibration text '{cfg.source}' has {len(ids)} tokens, fewer than seq_len="
@@ -299,7 +299,7 @@ def evaluation_windows(
     # A blend shares a text with evaluation when one of its parts is that text.
     parts = blend_parts(calibration.source) if calibration is not None else []
     if any((part, calibration.split, calibration.text_field) == cfg.key() for part in parts):
-        ids = _split_for(cfg, cfg, ids, "evaluation")
+        ids = _holdout_part(ids, "evaluation")
     n = min(cfg.max_tokens, len(ids)) // cfg.seq_len
     if n == 0:
         raise DataError(

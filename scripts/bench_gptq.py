@@ -117,8 +117,9 @@ def main():
         "(Python reference docs, another domain); in brackets the increase over the original and its ratio "
         "to RTN's increase. Quantize time and peak RSS are measured inside each quantizer's own child "
         "process (model load excluded from the time, included in the memory). bnb nf4 stores about 4.13 "
-        "bits per weight (blocks of 64); int4 with a 16-bit scale per group stores 4 + 16/group, plus "
-        "4/group with zero points.\n\n"
+        "bits per weight (blocks of 64); int4 stores 4 bits per weight plus, per group, a scale (16 bits in GPTQ v1 "
+        "and in float16 / bfloat16 checkpoints; these float32 checkpoints keep float32 scales in compressed-tensors) "
+        "and, asymmetric, a 4-bit zero point.\n\n"
         "| model | method | ppl wiki_eval | ppl python_docs | quantize (s) | peak RSS (MB) | size on disk (MB) |\n"
         "|---|---|---|---|---|---|---|\n")
     table = header + "\n".join(rows) + "\n"

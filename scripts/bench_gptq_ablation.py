@@ -69,7 +69,8 @@ def main():
         get_method(stage.METHOD).apply(model, stage, Context(tokenizer=tok, device=torch.device("cpu"),
                                                              calibration=lambda: ids))
         seconds = time.perf_counter() - t0
-        # Stored bits per weight: the codes, a 16-bit scale and (asymmetric) a code-wide zero per group.
+        # Bits per weight as a 16-bit checkpoint stores them: the codes, a 16-bit scale and (asymmetric)
+        # a zero point of the codes' width per group.
         bits = stage.bits + (16 + (0 if stage.sym else stage.bits)) / stage.group_size
         res[label] = {"ppl": ppl_by_text(model, windows, label), "seconds": seconds, "bits": bits}
         print(label, res[label], flush=True)
@@ -104,8 +105,9 @@ def render(args, res):
         f"(one run; {machine()}). Base: symmetric int4, group {args.group}, act-order with static groups, MSE "
         f"clipping search, dampening 0.01, true-sequential, bfloat16 calibration forwards, {args.samples} "
         "random 512-token windows of `wiki_calib` (seed 0); each GPTQ row changes what its name says "
-        f"(`{BLEND}`: half the windows from each text, seed 0). Bits / weight: the stored codes, scales "
-        "and zero points per weight (bnb: codes, absmax and double-quant constants). Perplexity on the first "
+        f"(`{BLEND}`: half the windows from each text, seed 0). Bits / weight: codes, 16-bit scales (what "
+        "a float16 / bfloat16 checkpoint stores) and zero points per weight (bnb: codes, absmax and double-quant "
+        "constants). Perplexity on the first "
         f"{args.eval_tokens} tokens of `wiki_eval` and `python_docs`, in brackets the increase over the "
         "original; quantized in memory from the same weights (time in seconds, model load excluded). "
         "Scales stay float32 in memory; a saved asymmetric output goes to the GPTQ v1 format (compressed-tensors' "
