@@ -30,12 +30,13 @@ from llmcompress.export import directory_size
 
 GROUP = {"smollm2-135m": 64, "qwen2.5-coder-0.5b": 128, "qwen2.5-coder-1.5b": 128}
 TEXTS = ("wiki_eval", "python_docs")
+DEFAULT_MODELS, DEFAULT_SAMPLES = ["smollm2-135m", "qwen2.5-coder-0.5b"], [128, 64]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
-    ap.add_argument("--samples", nargs="+", type=int, default=[128, 64], help="calibration windows per model")
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    ap.add_argument("--samples", nargs="+", type=int, default=DEFAULT_SAMPLES, help="calibration windows per model")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=2048)
     ap.add_argument("--asym", action="store_true", help="a zero point per group (GPTQ v1 output; measured in memory)")
@@ -68,16 +69,18 @@ def main():
             windows_path = work / f"{alias}-windows.pt"
             torch.save(windows, windows_path)
             extra = ["--asym", "--eval", str(windows_path)]
-        runs = [("RTN int4", [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py"), "rtn"]),
-                ("llmcompress GPTQ", [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py"), "gptq"])]
+        quantize = [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py")]
+        runs = [("RTN int4", quantize + ["rtn"], []), ("llmcompress GPTQ", quantize + ["gptq"], [])]
+        if args.asym:  # the row above rounds scales to the v1 file's float16; llm-compressor keeps float32
+            runs.append(("llmcompress GPTQ, float32 scales", quantize + ["gptq"], ["--scale-dtype", "float32"]))
         if anchor:
-            runs.append(("llm-compressor GPTQ", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_gptq.py")]))
+            runs.append(("llm-compressor GPTQ", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_gptq.py")], []))
         else:
             print(f"llm-compressor venv not found at {args.anchor_venv}: run scripts/setup_anchor_venvs.sh")
-        for label, cmd in runs:
-            out = work / f"{alias}-{label.replace(' ', '_')}"
+        for label, cmd, opts in runs:
+            out = work / f"{alias}-{label.replace(' ', '_').replace(',', '')}"
             shutil.rmtree(out, ignore_errors=True)
-            tail = [str(mdir), str(ids_path), str(g), str(out), *extra]
+            tail = [str(mdir), str(ids_path), str(g), str(out), *extra, *opts]
             print(f"[{alias}] {label} ...", flush=True)
             info = run_child(cmd + tail)
             if "ppl" not in info:  # measured in the child when the output cannot be reloaded here
@@ -102,10 +105,14 @@ def main():
         (work / "results.json").write_text(json.dumps(raw, indent=2))
     grid = ("asymmetric int4 (a zero point per group; llmcompress writes GPTQ v1, llm-compressor its asymmetric "
             "pack-quantized format; neither loads in this environment, so each child process measured its "
-            "in-memory quantized model on the same windows)") if args.asym else "symmetric int4"
+            "in-memory quantized model on the same windows; the row `llmcompress GPTQ` rounds its scales to the "
+            "float16 the v1 file stores, `llmcompress GPTQ, float32 scales` keeps them in float32 as "
+            "llm-compressor's in-memory model does)") if args.asym else "symmetric int4"
     gs = ", ".join(f"{m}: {groups[m]}" for m in args.models)
     calib = f"`{args.calibration}`" + (" (a blend: half the windows from each text)" if "+" in args.calibration else "")
-    flags = "".join([" --asym" if args.asym else "", f" --groups {' '.join(str(groups[m]) for m in args.models)}" if args.groups else "",
+    flags = "".join([" --asym" if args.asym else "", f" --models {' '.join(args.models)}" if args.models != DEFAULT_MODELS else "",
+                     f" --samples {' '.join(map(str, args.samples))}" if args.samples != DEFAULT_SAMPLES else "",
+                     f" --eval-tokens {args.eval_tokens}" if args.eval_tokens != 2048 else "", f" --groups {' '.join(str(groups[m]) for m in args.models)}" if args.groups else "",
                      f" --calibration {args.calibration}" if args.calibration != "wiki_calib" else ""])
     header = (
         f"## GPTQ int4 (W4A16{', asymmetric' if args.asym else ''}) against RTN, llm-compressor and bitsandbytes nf4\n\n"

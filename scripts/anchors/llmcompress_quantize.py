@@ -2,10 +2,13 @@
 Prints one JSON line. Used by bench_gptq.py.
 
 Usage: python llmcompress_quantize.py METHOD MODEL_DIR IDS.pt GROUP_SIZE OUT_DIR [--asym] [--eval WINDOWS.pt]
+       [--scale-dtype float32]
 
-``--asym``: a zero point per group, written in the GPTQ v1 format. ``--eval``: perplexity of the
-in-memory quantized model on ``{text: windows}`` (for outputs the bench cannot reload); peak
-memory is read before it.
+``--asym``: a zero point per group, written in the GPTQ v1 format (float16 scales; quantization
+rounds the scales to float16 from the start unless ``--scale-dtype float32`` keeps them in float32
+in memory, as llm-compressor does, for a like-for-like in-memory comparison). ``--eval``:
+perplexity of the in-memory quantized model on ``{text: windows}`` (for outputs the bench cannot
+reload); peak memory is read before it.
 """
 
 import argparse
@@ -30,6 +33,7 @@ for name in ("method", "model_dir", "ids", "group_size", "out_dir"):
     ap.add_argument(name)
 ap.add_argument("--asym", action="store_true")
 ap.add_argument("--eval", default=None)
+ap.add_argument("--scale-dtype", choices=("float16", "float32"), default=None)
 a = ap.parse_args()
 t_start = time.perf_counter()
 ids = torch.load(a.ids)
@@ -41,9 +45,10 @@ else:
     stage = RTNConfig(bits=4, group_size=g, sym=sym)
 t0 = time.perf_counter()
 # The calibration ids are the ones llm-compressor gets (same windows, same order). Asymmetric
-# weights go to the GPTQ v1 format, whose scales are float16: round them so from the start.
-ctx = Context(tokenizer=tok, device=torch.device("cpu"), calibration=lambda: ids,
-              scale_dtype=None if sym else GPTQ_SCALE_DTYPE)
+# weights go to the GPTQ v1 format, whose scales are float16: round them so from the start
+# (unless --scale-dtype says otherwise; the symmetric default keeps the weight dtype's).
+scale_dtype = getattr(torch, a.scale_dtype) if a.scale_dtype else (None if sym else GPTQ_SCALE_DTYPE)
+ctx = Context(tokenizer=tok, device=torch.device("cpu"), calibration=lambda: ids, scale_dtype=scale_dtype)
 get_method(stage.METHOD).apply(model, stage, ctx)
 quantize_s = time.perf_counter() - t0
 export.save(model, tok, a.out_dir, overwrite=True, options=None if sym else {"format": GPTQ_FORMAT})
