@@ -40,6 +40,7 @@ def main():
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
     ap.add_argument("--samples", nargs="+", type=int, default=[32, 32], help="calibration windows per model")
     ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--eval-tokens", type=int, default=2048, help="evaluation tokens per text (512-token windows)")
     ap.add_argument("--sparsity", type=float, default=0.5, help="magnitude pruning sparsity")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
     ap.add_argument("--anchors", nargs="*", default=None, help="anchor runs to include (default all): "
@@ -59,7 +60,7 @@ def main():
         ids = calibration_batches(tok, CalibrationConfig(num_samples=n_samples, seq_len=args.seq_len, seed=0))
         ids_path = work / f"{alias}-ids.pt"
         torch.save(ids, ids_path)
-        windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=2048, seq_len=512)) for t in TEXTS}
+        windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=args.eval_tokens, seq_len=512)) for t in TEXTS}
         params = count_parameters(model)
         res = {"dense": {"ppl": ppl_by_text(model, windows), "params": params}}
         del model
@@ -114,7 +115,7 @@ def main():
         f"`python scripts/bench_prune.py{' ' + ' '.join(sys.argv[1:]) if len(sys.argv) > 1 else ''}` (one run; "
         f"{machine()}). All Linear layers but lm_head. Calibration "
         f"for the calibrated methods: random {args.seq_len}-token windows of the built-in `wiki_calib` text, seed 0, "
-        f"the same token ids for llmcompress and llm-compressor ({samples} windows). Perplexity on the first 2048 "
+        f"the same token ids for llmcompress and llm-compressor ({samples} windows). Perplexity on the first {args.eval_tokens} "
         "tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` (another domain), "
         "every output evaluated by the same code in float32. Prune time and peak RSS are measured inside each "
         "tool's own child process (model load excluded from the time, included in the memory); '-' for the "
