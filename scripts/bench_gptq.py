@@ -85,7 +85,8 @@ def main():
             info = run_child(cmd + tail)
             if "ppl" not in info:  # measured in the child when the output cannot be reloaded here
                 info["ppl"] = evaluate_dir(out, windows)["ppl"]
-            info["size_mb"] = directory_size(out) / 2**20
+            if out.exists():  # the float32-scale row is measured in memory only, not written
+                info["size_mb"] = directory_size(out) / 2**20
             res[label] = info
         # bitsandbytes nf4: 4 bits too, no calibration (double quant, float32 compute like the others)
         res["bnb nf4"] = {"ppl": nf4_ppl(mdir, windows)}

@@ -54,7 +54,9 @@ scale_dtype = getattr(torch, a.scale_dtype) if a.scale_dtype else (None if sym e
 ctx = Context(tokenizer=tok, device=torch.device("cpu"), calibration=lambda: ids, scale_dtype=scale_dtype)
 get_method(stage.METHOD).apply(model, stage, ctx)
 quantize_s = time.perf_counter() - t0
-export.save(model, tok, a.out_dir, overwrite=True, options=None if sym else {"format": GPTQ_FORMAT})
+if sym or scale_dtype == GPTQ_SCALE_DTYPE:
+    export.save(model, tok, a.out_dir, overwrite=True, options=None if sym else {"format": GPTQ_FORMAT})
+# else: float32 scales for an in-memory comparison only; the v1 writer refuses scales it would round
 info = {"quantize_s": quantize_s, "process_s": time.perf_counter() - t_start, "peak_rss_mb": status_mb("VmHWM")}
 if a.eval:
     info["ppl"] = ppl_by_text(model, torch.load(a.eval))

@@ -61,3 +61,23 @@ def test_gptq_format_refuses_overrides_and_odd_bits(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="one grid"):
         compress(str(tiny_model_dir), recipe, tmp_path / "g", evaluation=False, verify=False)
     assert not (tmp_path / "g").exists()
+
+
+def test_gptq_format_refuses_scales_it_would_round(tiny_model_dir, tmp_path):
+    # Quantized by hand with float32 scales: float16 storage would change the weights, so the
+    # writer refuses instead of writing a checkpoint that differs from the in-memory model.
+    from llmcompress import export, load_model
+    from llmcompress.context import Context
+    from llmcompress.registry import get_method
+
+    model, tok, _ = load_model(str(tiny_model_dir), dtype="float32")
+    stage = RTNConfig(bits=4, group_size=64, sym=False)
+    get_method("rtn").apply(model, stage, Context(tokenizer=tok, device=torch.device("cpu")))
+    with pytest.raises(ConfigError, match="float16"):
+        export.save(model, tok, tmp_path / "g", options={"format": "gptq"})
+    assert not (tmp_path / "g").exists()
+    # with the scales rounded as the format stores them, the same model writes
+    model, tok, _ = load_model(str(tiny_model_dir), dtype="float32")
+    get_method("rtn").apply(model, stage, Context(tokenizer=tok, device=torch.device("cpu"), scale_dtype=torch.float16))
+    export.save(model, tok, tmp_path / "g", options={"format": "gptq"})
+    assert (tmp_path / "g" / "model.safetensors").exists()

@@ -81,6 +81,12 @@ def serialize(model: nn.Module, options: dict) -> Serialized | None:
             # (the grid keeps zero points >= 1 unsigned; this guards weights quantized elsewhere)
             raise ConfigError(f"layer '{name}' has a zero point of 0, which the GPTQ v1 format cannot "
                               "store; use sym: true or the compressed-tensors format", "sym")
+        if not torch.equal(rec.scale.to(SCALE_DTYPE).to(rec.scale.dtype), rec.scale):
+            # Rounding them here would store weights the in-memory model does not have.
+            raise ConfigError(f"layer '{name}' was quantized with {rec.scale.dtype} scales, which the GPTQ v1 "
+                              "format stores in float16; quantize with the output format set (compress() or "
+                              "`llmcompress run` with output: {format: gptq}), or with Context(scale_dtype="
+                              "torch.float16) when applying a method by hand", "output.format")
         tensors[f"{name}.weight"] = None
         tensors[f"{name}.qweight"] = pack_rows(q.t().contiguous().cpu(), args.bits)
         # zero is [out, groups]: pack along out, store as [groups, out * bits / 32]
