@@ -31,6 +31,10 @@ OURS = [("Wanda 50%", {"method": "wanda", "sparsity": 0.5}),
         ("Wanda 2:4", {"method": "wanda", "pattern": "2:4"}),
         ("SparseGPT 2:4", {"method": "sparsegpt", "pattern": "2:4"}),
         ("structured: 25% of MLP channels removed", {"method": "prune_structured", "mlp_ratio": 0.25})]
+# --dtype-rows: the 2:4 runs again with the other calibration dtype (Wanda's default is bf16,
+# SparseGPT's float32), to show what the default costs or saves.
+DTYPE_ROWS = [("Wanda 2:4, float32 forwards", {"method": "wanda", "pattern": "2:4", "calibration_dtype": "float32"}),
+              ("SparseGPT 2:4, bf16 forwards", {"method": "sparsegpt", "pattern": "2:4", "calibration_dtype": "bfloat16"})]
 ANCHORS = [("Wanda 50%", "wanda", "0.5"), ("SparseGPT 50%", "sparsegpt", "0.5"),
            ("Wanda 2:4", "wanda", "2:4"), ("SparseGPT 2:4", "sparsegpt", "2:4")]
 
@@ -42,6 +46,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=2048, help="evaluation tokens per text (512-token windows)")
     ap.add_argument("--sparsity", type=float, default=0.5, help="magnitude pruning sparsity")
+    ap.add_argument("--dtype-rows", action="store_true", help="also the 2:4 runs with the other calibration dtype")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
     ap.add_argument("--anchors", nargs="*", default=None, help="anchor runs to include (default all): "
                     + ", ".join(a[0].replace("%", "%%") for a in ANCHORS))
@@ -75,7 +80,8 @@ def main():
         res["magnitude 2:4"] = {"ppl": ppl_by_text(model, windows), "params": params}
         del model
         runs = [(f"llmcompress {label}", [this_python(), str(ROOT / "scripts/anchors/llmcompress_prune.py"),
-                                          json.dumps(stage), str(src.path), str(ids_path)]) for label, stage in OURS]
+                                          json.dumps(stage), str(src.path), str(ids_path)])
+                for label, stage in OURS + (DTYPE_ROWS if args.dtype_rows else [])]
         if anchor and alias in args.anchor_models:
             runs += [(f"llm-compressor {label}", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_prune.py"),
                                                   method, str(src.path), str(ids_path), pattern])
@@ -115,7 +121,9 @@ def main():
         f"`python scripts/bench_prune.py{' ' + ' '.join(sys.argv[1:]) if len(sys.argv) > 1 else ''}` (one run; "
         f"{machine()}). All Linear layers but lm_head. Calibration "
         f"for the calibrated methods: random {args.seq_len}-token windows of the built-in `wiki_calib` text, seed 0, "
-        f"the same token ids for llmcompress and llm-compressor ({samples} windows). Perplexity on the first {args.eval_tokens} "
+        f"the same token ids for llmcompress and llm-compressor ({samples} windows); llmcompress's calibration "
+        "forwards run in bf16 for Wanda and structured pruning, float32 for SparseGPT (the defaults; "
+        f"llm-compressor runs the float32 model as loaded). Perplexity on the first {args.eval_tokens} "
         "tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` (another domain), "
         "every output evaluated by the same code in float32. Prune time and peak RSS are measured inside each "
         "tool's own child process (model load excluded from the time, included in the memory); '-' for the "
