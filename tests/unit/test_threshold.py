@@ -93,3 +93,28 @@ def test_prune_replacing_equals_in_place(monkeypatch, chunk):
     for i in range(3):
         assert torch.equal(got[i], in_place[i]) and work[i] is got[i]
         assert torch.equal(ts[i], sources[i])  # the inputs were only read
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.62])
+def test_fused_cut_with_many_ties_equals_masks(dtype, sparsity):
+    """Weights with few distinct magnitudes (bf16 checkpoints): thousands of ties at the threshold.
+    The fused whole-tensor cuts (all ties pruned / none pruned) and the one boundary tensor must
+    give the masks' selection: exact count, ties pruned in tensor order."""
+    from llmcompress.methods.prune.threshold import prune_in_place, prune_replacing
+
+    g = torch.Generator().manual_seed(4)
+    ts = [(torch.randint(-8, 9, (n, 64), generator=g).float() / 8).to(dtype) for n in (30, 50, 40, 20)]
+    total = sum(t.numel() for t in ts)
+    k = int(round(sparsity * total))
+    thr, below, equal = global_kth_magnitude(ts, k)
+    assert below < k < below + equal  # the threshold value is shared by several tensors' weights
+    masks = prune_masks(ts, sparsity)
+    in_place = [t.clone() for t in ts]
+    counts = prune_in_place(in_place, sparsity)
+    replaced = [t.clone() for t in ts]
+    prune_replacing(replaced, sparsity)
+    assert sum(counts) == k
+    for t, m, a, b, n in zip(ts, masks, in_place, replaced, counts):
+        assert torch.equal(a, t * m) and torch.equal(b, t * m)
+        assert n == int((~m).sum())
