@@ -12,11 +12,18 @@ Inside a layer, ``LayerRunner.observe(modules)`` runs the stored samples through
 layer only as far as needed: it stops each forward as soon as every observed module has
 seen its input. Observing q/k/v stops after the input norm; observing down_proj needs the
 whole layer but no extra pass for the output.
+
+With ``reference=True`` the engine also carries the *unmodified* model's hidden states: each
+layer gets a full-precision copy (in the calibration dtype) that runs on them, and
+``observe`` hands every module its reference input beside the input that carries the
+earlier layers' changes (GPTAQ's asymmetric calibration needs both). This doubles the
+stored hidden states and the forwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from typing import Callable
@@ -90,10 +97,16 @@ def capture_layer_inputs(model: nn.Module, input_ids: torch.Tensor, device: torc
 
 
 class LayerRunner:
-    """Runs stored samples through one decoder layer, in mini-batches."""
+    """Runs stored samples through one decoder layer, in mini-batches.
 
-    def __init__(self, layer: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size: int):
+    ``reference``: optional ``(layer copy, hidden states)`` of the unmodified model, run
+    beside the layer by :meth:`observe` and :meth:`propagate`.
+    """
+
+    def __init__(self, layer: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size: int,
+                 reference: tuple[nn.Module, torch.Tensor] | None = None):
         self.layer, self.hidden, self.kwargs, self.batch_size = layer, hidden, kwargs, batch_size
+        self.ref_layer, self.ref_hidden = reference if reference is not None else (None, None)
         self._batch = 0
         self._frozen: dict[nn.Module, dict[int, object]] = {}
 
@@ -107,8 +120,16 @@ class LayerRunner:
 
         For a submodule whose weights are final (attention, once q/k/v/o are quantized), so
         that later passes over this layer skip it. Its inputs must not change before
-        :meth:`release`, which the engine calls after propagating the layer.
+        :meth:`release`, which the engine calls after propagating the layer. The reference
+        layer's copy of the module is frozen too (its weights never change).
         """
+        if self.ref_layer is not None:
+            name = next((n for n, m in self.layer.named_modules() if m is module), None)
+            if name:
+                self._freeze(self.ref_layer.get_submodule(name))
+        self._freeze(module)
+
+    def _freeze(self, module: nn.Module) -> None:
         if module in self._frozen:
             return
         cache: dict[int, object] = {}
@@ -127,36 +148,53 @@ class LayerRunner:
             del module.forward  # drop the instance attribute: the class method is back
         self._frozen.clear()
 
-    @torch.no_grad()
-    def observe(self, modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None]) -> None:
-        """Call ``fn(name, input)`` for every module and batch; stop each forward once all have fired."""
+    def _run_until(self, layer: nn.Module, hidden: torch.Tensor, modules: dict[str, nn.Module], i: int,
+                   fn: Callable[[str, torch.Tensor], None]) -> None:
+        """One batch through ``layer``, calling ``fn(name, input)``, stopped once every module has fired."""
         fired: set[str] = set()
-        target = len(modules)
 
         def make_hook(name):
             def hook(module, args):
                 fn(name, args[0])
                 fired.add(name)
-                if len(fired) == target:
+                if len(fired) == len(modules):
                     raise _Stop
 
             return hook
 
         handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in modules.items()]
         try:
-            for i in self._batches():
-                fired.clear()
-                with contextlib.suppress(_Stop):
-                    self.layer(self.hidden[i : i + self.batch_size], **self.kwargs)
+            with contextlib.suppress(_Stop):
+                layer(hidden[i : i + self.batch_size], **self.kwargs)
         finally:
             for h in handles:
                 h.remove()
+
+    @torch.no_grad()
+    def observe(self, modules: dict[str, nn.Module], fn: Callable[..., None]) -> None:
+        """Call ``fn(name, input)`` for every module and batch; stop each forward once all have fired.
+
+        With a reference, ``fn(name, input, reference_input)``: the same module's input in the
+        unmodified layer fed the unmodified model's hidden states (same batch).
+        """
+        if self.ref_layer is None:
+            for i in self._batches():
+                self._run_until(self.layer, self.hidden, modules, i, fn)
+            return
+        ref_modules = {n: self.ref_layer.get_submodule(n) for n in modules}
+        for i in self._batches():
+            refs: dict[str, torch.Tensor] = {}
+            self._run_until(self.ref_layer, self.ref_hidden, ref_modules, i, refs.__setitem__)
+            self._run_until(self.layer, self.hidden, modules, i, lambda n, x: fn(n, x, refs[n]))
 
     @torch.no_grad()
     def propagate(self) -> None:
         """Replace the stored hidden states by this layer's outputs (in place, batch by batch)."""
         for i in self._batches():
             self.hidden[i : i + self.batch_size] = _first(self.layer(self.hidden[i : i + self.batch_size], **self.kwargs))
+            if self.ref_layer is not None:
+                self.ref_hidden[i : i + self.batch_size] = _first(
+                    self.ref_layer(self.ref_hidden[i : i + self.batch_size], **self.kwargs))
 
 
 def run_layerwise(
@@ -168,6 +206,7 @@ def run_layerwise(
     desc: str = "calibrating",
     dtype: torch.dtype | None = None,
     stream=None,
+    reference: bool = False,
 ) -> list[float]:
     """Calibrate ``model`` layer by layer; returns the seconds spent on each layer.
 
@@ -184,6 +223,8 @@ def run_layerwise(
         stream: a :class:`~llmcompress.streaming.LayerStream` when the layers live on the meta
             device: ``enter`` reads a layer's weights before it is processed, ``leave`` writes and
             frees it afterwards (``output.low_memory``).
+        reference: also carry the unmodified model's hidden states and hand ``observe``'s
+            callback each module's reference input (see the module docstring).
     """
     device = torch.device(device)
     was_training = model.training
@@ -191,6 +232,7 @@ def run_layerwise(
     hidden, kwargs = capture_layer_inputs(model, input_ids, device, batch_size)
     if dtype is not None:
         hidden = hidden.to(dtype)
+    ref_hidden = hidden.clone() if reference else None
     prefix = decoder_layer_prefix(model)
     layers = decoder_layers(model)
     seconds = []
@@ -200,10 +242,15 @@ def run_layerwise(
             stream.enter(f"{prefix}.{i}", layer)
         home = next(layer.parameters()).device
         layer.to(device)
-        runner = LayerRunner(layer, hidden, _to(kwargs, device, dtype), batch_size)
+        ref = None
+        if reference:
+            # A copy taken before the method touches the layer: the unmodified weights.
+            ref = (copy.deepcopy(layer).to(dtype) if dtype is not None else copy.deepcopy(layer), ref_hidden)
+        runner = LayerRunner(layer, hidden, _to(kwargs, device, dtype), batch_size, reference=ref)
         finish = process_layer(i, f"{prefix}.{i}", layer, runner)
         runner.propagate()
         runner.release()
+        del ref, runner
         if callable(finish):
             finish()
         layer.to(home)

@@ -42,6 +42,8 @@ def main():
     ap.add_argument("--asym", action="store_true", help="a zero point per group (GPTQ v1 output; measured in memory)")
     ap.add_argument("--groups", nargs="+", type=int, default=None, help="group size per model (default: 64 for SmolLM2, 128 else)")
     ap.add_argument("--calibration", default="wiki_calib", help="calibration text, or a blend 'a+b'")
+    ap.add_argument("--gptaq", nargs="*", type=float, default=[],
+                    help="also llmcompress GPTQ with GPTAQ's asymmetric calibration at these alphas (e.g. 0.5 1)")
     ap.add_argument("--section", default=None, help="BENCHMARKS.md section (default: gptq, or gptq_asym with --asym)")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
     ap.add_argument("--work", default=None, help="folder for the quantized outputs, kept (default: a temp folder, removed at exit)")
@@ -73,12 +75,14 @@ def main():
         runs = [("RTN int4", quantize + ["rtn"], []), ("llmcompress GPTQ", quantize + ["gptq"], [])]
         if args.asym:  # the row above rounds scales to the v1 file's float16; llm-compressor keeps float32
             runs.append(("llmcompress GPTQ, float32 scales", quantize + ["gptq"], ["--scale-dtype", "float32"]))
+        for alpha in args.gptaq:
+            runs.append((f"llmcompress GPTQ + GPTAQ (alpha {alpha:g})", quantize + ["gptq"], ["--gptaq-alpha", str(alpha)]))
         if anchor:
             runs.append(("llm-compressor GPTQ", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_gptq.py")], []))
         else:
             print(f"llm-compressor venv not found at {args.anchor_venv}: run scripts/setup_anchor_venvs.sh")
         for label, cmd, opts in runs:
-            out = work / f"{alias}-{label.replace(' ', '_').replace(',', '')}"
+            out = work / f"{alias}-{label.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '').replace('+', 'and')}"
             shutil.rmtree(out, ignore_errors=True)
             tail = [str(mdir), str(ids_path), str(g), str(out), *extra, *opts]
             print(f"[{alias}] {label} ...", flush=True)
@@ -114,7 +118,8 @@ def main():
     flags = "".join([" --asym" if args.asym else "", f" --models {' '.join(args.models)}" if args.models != DEFAULT_MODELS else "",
                      f" --samples {' '.join(map(str, args.samples))}" if args.samples != DEFAULT_SAMPLES else "",
                      f" --eval-tokens {args.eval_tokens}" if args.eval_tokens != 2048 else "", f" --groups {' '.join(str(groups[m]) for m in args.models)}" if args.groups else "",
-                     f" --calibration {args.calibration}" if args.calibration != "wiki_calib" else ""])
+                     f" --calibration {args.calibration}" if args.calibration != "wiki_calib" else "",
+                     f" --gptaq {' '.join(f'{a:g}' for a in args.gptaq)}" if args.gptaq else ""])
     header = (
         f"## GPTQ int4 (W4A16{', asymmetric' if args.asym else ''}) against RTN, llm-compressor and bitsandbytes nf4\n\n"
         f"`python scripts/bench_gptq.py{flags}` (one run; {machine()}). Calibration: random 512-token windows of "
@@ -127,7 +132,10 @@ def main():
         "process (model load excluded from the time, included in the memory). bnb nf4 stores about 4.13 "
         "bits per weight (blocks of 64); int4 stores 4 bits per weight plus, per group, a scale (16 bits in GPTQ v1 "
         "and in float16 / bfloat16 checkpoints; these float32 checkpoints keep float32 scales in compressed-tensors) "
-        "and, asymmetric, a 4-bit zero point.\n\n"
+        "and, asymmetric, a 4-bit zero point."
+        + (" GPTAQ rows: the same GPTQ fitted to the full-precision model's layer outputs "
+           "(asymmetric calibration, Li et al. 2025; alpha blends it with plain GPTQ's objective)." if args.gptaq else "")
+        + "\n\n"
         "| model | method | ppl wiki_eval | ppl python_docs | quantize (s) | peak RSS (MB) | size on disk (MB) |\n"
         "|---|---|---|---|---|---|---|\n")
     table = header + "\n".join(rows) + "\n"

@@ -25,8 +25,9 @@ from ..errors import DataError
 from ..modeling import finished_submodule, sequential_groups
 from ..models import DTYPES
 
-# accumulate(state or None, inputs [..., cols], count) -> (state, count)
-Accumulate = Callable[[Any, torch.Tensor, int], tuple[Any, int]]
+# accumulate(state or None, inputs [..., cols], count) -> (state, count); with reference=True
+# accumulate(state or None, inputs, count, reference inputs) (the unmodified model's, same shape)
+Accumulate = Callable[..., tuple[Any, int]]
 # update(names, modules, master weights, statistic, option) -> per-call stats dict or None
 Update = Callable[[list[str], list[nn.Module], list[torch.Tensor], Any, Any], dict | None]
 
@@ -57,7 +58,7 @@ class SharedInputs:
         self.stat: dict[int, Any] = {}
         self.count: dict[int, int] = {}
 
-    def add(self, name: str, x: torch.Tensor) -> None:
+    def add(self, name: str, x: torch.Tensor, *ref: torch.Tensor) -> None:
         if name not in self.owner:
             key = next((k for k, t in self.first_input.items() if t is x), None)
             if key is None:
@@ -69,7 +70,7 @@ class SharedInputs:
             return
         if len(self.owner) == self.members:
             self.first_input.clear()  # every module has been seen: sharing is settled
-        self.stat[key], self.count[key] = self.accumulate(self.stat.get(key), x, self.count[key])
+        self.stat[key], self.count[key] = self.accumulate(self.stat.get(key), x, self.count[key], *ref)
 
 
 def check_finite(model: nn.Module, names, method: str) -> None:
@@ -85,11 +86,12 @@ def check_finite(model: nn.Module, names, method: str) -> None:
 
 def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[str, Any], accumulate: Accumulate,
                         update: Update, *, calibration_dtype: str = "bfloat16", true_sequential: bool = True,
-                        batch_size: int = 8, desc: str = "calibrating", stream=None) -> dict:
+                        batch_size: int = 8, desc: str = "calibrating", stream=None, reference: bool = False) -> dict:
     """Run ``update`` on every module of ``todo`` (full name -> option), layer by layer.
 
     Modules that share an input and have equal options are handed to ``update`` together
-    (GPTQ stacks their rows). ``stream``: see :func:`~llmcompress.calibration.run_layerwise`.
+    (GPTQ stacks their rows). ``stream``, ``reference``: see :func:`~llmcompress.calibration.run_layerwise`
+    (with ``reference``, ``accumulate`` also receives the unmodified model's inputs).
     Returns ``{"layers": {names: stats}, "layer_seconds": [...]}``.
     """
     calib_dtype = None if calibration_dtype == "auto" else DTYPES[calibration_dtype]
@@ -135,5 +137,5 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
         return None
 
     stats["layer_seconds"] = run_layerwise(model, ids, process, device, batch_size=batch_size, desc=desc,
-                                           dtype=calib_dtype, stream=stream)
+                                           dtype=calib_dtype, stream=stream, reference=reference)
     return stats

@@ -2,7 +2,7 @@
 Prints one JSON line. Used by bench_gptq.py.
 
 Usage: python llmcompress_quantize.py METHOD MODEL_DIR IDS.pt GROUP_SIZE OUT_DIR [--asym] [--eval WINDOWS.pt]
-       [--scale-dtype float32] [--block-size 64]
+       [--scale-dtype float32] [--block-size 64] [--gptaq-alpha 0.5]
 
 ``--asym``: a zero point per group, written in the GPTQ v1 format (float16 scales; quantization
 rounds the scales to float16 from the start unless ``--scale-dtype float32`` keeps them in float32
@@ -10,7 +10,7 @@ in memory, as llm-compressor does, for a like-for-like in-memory comparison). ``
 perplexity of the in-memory quantized model on ``{text: windows}`` (for outputs the bench cannot
 reload); peak memory is read before it. ``--block-size``: GPTQ's lazy-update block (default 128); it
 changes only the order of floating-point sums, so runs that differ in it show how much perplexity
-moves from rounding alone.
+moves from rounding alone. ``--gptaq-alpha``: GPTAQ's asymmetric calibration (0: plain GPTQ).
 """
 
 import argparse
@@ -37,13 +37,15 @@ ap.add_argument("--asym", action="store_true")
 ap.add_argument("--eval", default=None)
 ap.add_argument("--scale-dtype", choices=("float16", "float32"), default=None)
 ap.add_argument("--block-size", type=int, default=128)
+ap.add_argument("--gptaq-alpha", type=float, default=0.0)
 a = ap.parse_args()
 t_start = time.perf_counter()
 ids = torch.load(a.ids)
 model, tok, _ = load_model(a.model_dir, dtype="float32")
 sym, g = not a.asym, int(a.group_size)
 if a.method == "gptq":
-    stage = GPTQConfig(bits=4, group_size=g, sym=sym, act_order=True, damp=0.01, block_size=a.block_size)  # defaults: mse observer, bf16 forwards
+    stage = GPTQConfig(bits=4, group_size=g, sym=sym, act_order=True, damp=0.01, block_size=a.block_size,
+                       gptaq_alpha=a.gptaq_alpha)  # defaults: mse observer, bf16 forwards
 else:
     stage = RTNConfig(bits=4, group_size=g, sym=sym)
 t0 = time.perf_counter()

@@ -11,7 +11,7 @@ from ..layerwise import calibrate_layerwise, check_finite
 from ..quant.record import QuantRecord, set_record
 from ..quant.select import plan
 from .config import GPTQConfig
-from .gptq import accumulate_hessian, gptq_quantize
+from .gptq import accumulate_hessian, accumulate_hessian_pair, gptq_quantize
 
 
 @register_method("gptq", GPTQConfig)
@@ -20,11 +20,14 @@ def apply_gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context):
     todo, skipped = plan(model, cfg)
     check_finite(model, todo, "GPTQ")
 
-    def update(names, modules, weights, H, args):
+    reference = cfg.gptaq_alpha > 0  # GPTAQ: the engine also carries the full-precision model's inputs
+
+    def update(names, modules, weights, stat, args):
+        H, D = stat if reference else (stat, None)
         # Rows are independent given H: modules sharing an input are quantized as one stack.
         res = gptq_quantize(torch.cat(weights), H, args, block_size=cfg.block_size, damp=cfg.damp,
                             act_order=cfg.act_order, observer=cfg.observer, dtype=weights[0].dtype,
-                            scale_dtype=ctx.scale_dtype, name=names[0])
+                            scale_dtype=ctx.scale_dtype, name=names[0], D=D, alpha=cfg.gptaq_alpha)
         row = 0
         for module, w in zip(modules, weights):
             r = w.shape[0]
@@ -34,9 +37,10 @@ def apply_gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context):
             row += r
         return {"loss": res.loss, "damp": res.damp}
 
-    stats = calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, todo, accumulate_hessian, update,
+    stats = calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, todo,
+                                accumulate_hessian_pair if reference else accumulate_hessian, update,
                                 calibration_dtype=cfg.calibration_dtype, true_sequential=cfg.true_sequential,
-                                batch_size=cfg.batch_size, desc="gptq", stream=ctx.layer_stream)
+                                batch_size=cfg.batch_size, desc="gptq", stream=ctx.layer_stream, reference=reference)
     stats["skipped_layers"] = skipped
     ctx.notes["gptq"] = stats
     return model

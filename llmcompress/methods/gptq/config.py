@@ -34,9 +34,11 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
     act_order: bool = field(default=True, metadata={"help": "quantize columns by decreasing Hessian diagonal (static groups)"})
     damp: float = field(default=0.01, metadata={"help": "dampening, fraction of the mean Hessian diagonal"})
     block_size: int = field(default=128, metadata={"help": "columns per lazy-update block"})
+    gptaq_alpha: float = field(default=0.0, metadata={"help": "GPTAQ asymmetric calibration (Li et al., 2025): fit the quantized layer to the full-precision model's outputs, not only to its own inputs; 0 = plain GPTQ, 1 = the full asymmetric target (doubles calibration forwards and stored hidden states)"})
 
     def __post_init__(self):
         super().__post_init__()
         check_range("damp", self.damp, 0, 1, lo_open=True)
         check_range("block_size", self.block_size, 1)
+        check_range("gptaq_alpha", self.gptaq_alpha, 0, 1)
         self.check_layerwise_options()

@@ -10,6 +10,16 @@ layer's squared output error, so that ``||W X - Q X||`` stays small. Columns are
 in blocks with lazy updates (the paper's "lazy batch" trick); the inverse Hessian is
 taken once through a Cholesky factorization.
 
+GPTAQ's asymmetric calibration (Li et al., "GPTAQ: Efficient Finetuning-Free Quantization for
+Asymmetric Calibration", ICML 2025; first published as GPTQv2) changes
+the objective to ``||W X - Q X~||``, where ``X~`` are the layer's inputs in the partly quantized
+model and ``X`` the full-precision model's, so each layer also undoes the error that reached it.
+With ``H = X~ X~^T`` and ``D = (X - X~) X~^T`` the objective equals ``(Q - W*) H (Q - W*)^T`` plus
+a constant, where ``W* = W + W D H^-1`` is its unconstrained minimizer: it is GPTQ's problem with
+the target ``W*`` in place of ``W`` and the same ``H`` (:func:`asymmetric_target`). (The paper folds
+the shift into the column loop instead; moving it up front keeps one column loop and kernel.) ``alpha`` blends the
+two objectives (``W + alpha W D H^-1``), as the paper's alpha does.
+
 Rows are independent given ``H``: weights that read the same input (q/k/v, gate/up) are
 quantized in one call by stacking their rows, which gives the same result as separate
 calls and cuts the per-column Python overhead.
@@ -86,6 +96,55 @@ def accumulate_hessian(H: torch.Tensor | None, x: torch.Tensor, count: int) -> t
     else:
         H.addmm_(x.t().float(), x.float(), alpha=2.0 / total)
     return H, total
+
+
+def accumulate_hessian_pair(state: tuple[torch.Tensor, torch.Tensor] | None, x: torch.Tensor, count: int,
+                            ref: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
+    """GPTAQ's statistics: ``H = 2/n sum x x^T`` and ``D = 2/n sum (ref - x) x^T`` (float32).
+
+    Args:
+        state: ``(H, D)`` or None.
+        x: inputs in the model being quantized ``[..., cols]``.
+        count: tokens already accumulated.
+        ref: the same inputs in the unmodified model, same shape as ``x``.
+    """
+    H, D = state if state is not None else (None, None)
+    H, total = accumulate_hessian(H, x, count)
+    x = x.reshape(-1, x.shape[-1])
+    dx = (ref.reshape(-1, ref.shape[-1]).float() - x.float())
+    if D is None:
+        D = torch.zeros_like(H)
+    D.mul_(count / total)
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        # As for H: a bf16 product (float32 accumulation); D only shifts the target weights,
+        # so rounding the differences to bf16 (2^-9 relative) is far below its own noise.
+        D.add_(torch.mm(dx.to(torch.bfloat16).t(), x).float(), alpha=2.0 / total)
+    else:
+        D.addmm_(dx.t(), x.float(), alpha=2.0 / total)
+    return (H, D), total
+
+
+def asymmetric_target(W: torch.Tensor, H: torch.Tensor, D: torch.Tensor, alpha: float, damp: float,
+                      name: str = "") -> torch.Tensor:
+    """``W + alpha W D (H + lambda I)^-1``: the weights that best map the quantized model's inputs
+    to the full-precision outputs (GPTAQ), dampened like GPTQ's inverse Hessian.
+
+    Args:
+        W: ``[rows, cols]`` float32.
+        H, D: from :func:`accumulate_hessian_pair` (dead columns already patched in ``H``).
+        alpha: blend, 0 (GPTQ's target ``W``) .. 1 (the full asymmetric target).
+        damp: fraction of the mean Hessian diagonal added before solving.
+    """
+    mean_diag = torch.mean(torch.diag(H))
+    eye = torch.eye(H.shape[0], device=H.device, dtype=H.dtype)
+    for _ in range(6):
+        L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
+        if info == 0:
+            # H is symmetric: (W D H^-1)^T = H^-1 (W D)^T, one triangular solve pair.
+            return W + alpha * torch.cholesky_solve((W @ D).t(), L).t()
+        damp *= 10
+    raise HessianError(f"layer '{name}': the Hessian is not positive definite even with dampening {damp / 10:g}; "
+                       "calibrate on more (or more varied) samples, or raise 'damp'")
 
 
 def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_tries: int = 6) -> tuple[torch.Tensor, float]:
@@ -239,6 +298,8 @@ def gptq_quantize(
     dtype: torch.dtype | None = None,
     scale_dtype: torch.dtype | None = None,
     name: str = "",
+    D: torch.Tensor | None = None,
+    alpha: float = 0.0,
 ) -> GPTQResult:
     """Quantize one weight matrix with GPTQ.
 
@@ -256,6 +317,9 @@ def gptq_quantize(
             returned weights are exactly what a loader will rebuild); default ``W.dtype``.
         scale_dtype: dtype the scales are stored in (default ``dtype``); scales are rounded to it.
         name: layer name for error messages.
+        D: GPTAQ's input-error statistic from :func:`accumulate_hessian_pair`; with ``alpha``
+            > 0 the target becomes :func:`asymmetric_target` (grids are fitted to it).
+        alpha: GPTAQ's blend (0: plain GPTQ).
 
     Zero weights (from pruning) stay zero. Columns whose inputs are always zero ("dead")
     are set to zero.
@@ -274,6 +338,9 @@ def gptq_quantize(
     H[dead, dead] = 1
     W[:, dead] = 0
     keep_zero = W == 0
+    if D is not None and alpha > 0:
+        W = asymmetric_target(W, H, D.detach().float(), alpha, damp, name)
+        W[keep_zero] = 0  # pruned and dead weights stay zero
 
     scale = torch.empty(rows, n_groups, device=W.device)
     zero = None if args.sym else torch.empty(rows, n_groups, device=W.device)
