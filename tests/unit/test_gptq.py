@@ -215,15 +215,17 @@ def test_mixed_precision_overrides_roundtrip(tiny_model_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- low_memory (layer streaming)
-def _gptq_recipe(**output):
+def _gptq_recipe(gptaq_alpha=0.0, **output):
     from llmcompress.recipe import OutputConfig
 
-    return Recipe(stages=[GPTQConfig(bits=4, group_size=64)], name="lowmem", output=OutputConfig(**output))
+    return Recipe(stages=[GPTQConfig(bits=4, group_size=64, gptaq_alpha=gptaq_alpha)], name="lowmem",
+                  output=OutputConfig(**output))
 
 
-@pytest.mark.parametrize("model_dir,fmt", [("tiny_model_dir", "compressed-tensors"), ("tiny_qwen_dir", "compressed-tensors"),
-                                           ("tiny_model_dir", "gptq")])
-def test_low_memory_writes_the_same_bytes_in_shards(model_dir, fmt, request, tmp_path):
+@pytest.mark.parametrize("model_dir,fmt,alpha", [("tiny_model_dir", "compressed-tensors", 0.0),
+                                                 ("tiny_qwen_dir", "compressed-tensors", 0.0), ("tiny_model_dir", "gptq", 0.0),
+                                                 ("tiny_qwen_dir", "compressed-tensors", 0.5)])
+def test_low_memory_writes_the_same_bytes_in_shards(model_dir, fmt, alpha, request, tmp_path):
     """Layer-by-layer reading and writing gives the in-memory path's tensors, from a sharded source
     into a sharded output, and the output loads with plain from_pretrained."""
     import json
@@ -238,9 +240,9 @@ def test_low_memory_writes_the_same_bytes_in_shards(model_dir, fmt, request, tmp
     assert (src / "model.safetensors.index.json").exists()
     calib = CalibrationConfig(num_samples=8, seq_len=64)
     # both paths write shards through the same ShardWriter; the in-memory one is also reloaded and checked
-    compress(str(src), _gptq_recipe(format=fmt, max_shard_size="200KB", verify=fmt == "compressed-tensors"),
+    compress(str(src), _gptq_recipe(alpha, format=fmt, max_shard_size="200KB", verify=fmt == "compressed-tensors"),
              tmp_path / "full", calibration=calib, evaluation=False)
-    res = compress(str(src), _gptq_recipe(format=fmt, max_shard_size="300KB", low_memory=True), tmp_path / "stream",
+    res = compress(str(src), _gptq_recipe(alpha, format=fmt, max_shard_size="300KB", low_memory=True), tmp_path / "stream",
                    calibration=calib, evaluation=False)
     assert res.model is None and res.notes["low_memory"]
 

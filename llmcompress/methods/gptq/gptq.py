@@ -119,6 +119,9 @@ def accumulate_hessian_pair(state: tuple[torch.Tensor, torch.Tensor] | None, x: 
         # As for H: a bf16 product (float32 accumulation); D only shifts the target weights,
         # so rounding the differences to bf16 (2^-9 relative) is far below its own noise.
         D.add_(torch.mm(dx.to(torch.bfloat16).t(), x).float(), alpha=2.0 / total)
+    elif x.is_cuda:
+        with _tf32_matmul():  # TF32 rounding of the differences: as above, far below D's own noise
+            D.addmm_(dx.t(), x.float(), alpha=2.0 / total)
     else:
         D.addmm_(dx.t(), x.float(), alpha=2.0 / total)
     return (H, D), total
