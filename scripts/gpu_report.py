@@ -29,6 +29,9 @@ def _gptq(h1, h2) -> list[str]:
         f"| Llama 16 layers, 2048 / 8192 | llmcompress (layers offloaded to CPU) | {ours['gptq_s']} | "
         f"{ours['per_layer_s_median']} | {ours['peak_gpu_mb']} |",
         f"| Llama 16 layers, 2048 / 8192 | llm-compressor 0.14.0.1 | {lc['gptq_s']} | - | {lc['peak_gpu_mb']} |",
+        *([f"| Llama 16 layers, 2048 / 8192 | llmcompress with GPTAQ (alpha 0.5) | {g16['llmcompress_gptaq_0.5']['gptq_s']} | "
+           f"{g16['llmcompress_gptaq_0.5']['per_layer_s_median']} | {g16['llmcompress_gptaq_0.5']['peak_gpu_mb']} |"]
+          if "llmcompress_gptaq_0.5" in g16 else []),
         f"| Llama-3-8B shape (32 layers, 4096 / 14336, GQA 8) | llmcompress (model on GPU) | {g8['gptq_s']} | "
         f"{g8['per_layer_s_median']} | {g8['peak_gpu_mb']} |", "",
         f"Time ratio llmcompress / llm-compressor, same run, same H100: **{ratio}** (target 0.5: "

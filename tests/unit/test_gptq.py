@@ -159,7 +159,7 @@ def test_replaying_final_attention_changes_nothing(tiny_model_dir, monkeypatch):
         assert torch.equal(v, second[k]), k
 
 
-def cpu_cuda_agreement(tiny_model_dir):
+def cpu_cuda_agreement(tiny_model_dir, **options):
     """Quantize the same model on CPU and on CUDA (float32 calibration).
 
     GPTQ's error feedback is chaotic at the level of single codes: a 1e-4 relative change
@@ -175,15 +175,17 @@ def cpu_cuda_agreement(tiny_model_dir):
         ref = original(ids).logits.float()
     dev = {}
     for device in ("cpu", "cuda"):
-        res = compress(str(tiny_model_dir), gptq_recipe(calibration_dtype="float32"), evaluation=False, device=device)
+        res = compress(str(tiny_model_dir), gptq_recipe(calibration_dtype="float32", **options), evaluation=False,
+                       device=device)
         with torch.no_grad():
             dev[device] = (res.model(ids.to(device)).logits.float().cpu() - ref).norm().item()
     return dev["cpu"], dev["cuda"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by scripts/gpu_check.py on a GPU box)")
-def test_cuda_path_equals_cpu_path(tiny_model_dir):
-    cpu, cuda = cpu_cuda_agreement(tiny_model_dir)
+@pytest.mark.parametrize("options", [{}, {"gptaq_alpha": 0.5}])
+def test_cuda_path_equals_cpu_path(tiny_model_dir, options):
+    cpu, cuda = cpu_cuda_agreement(tiny_model_dir, **options)
     assert abs(cpu - cuda) < 0.05 * cpu, (cpu, cuda)
 
 
