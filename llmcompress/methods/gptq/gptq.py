@@ -127,6 +127,23 @@ def accumulate_hessian_pair(state: tuple[torch.Tensor, torch.Tensor] | None, x: 
     return (H, D), total
 
 
+def _dampened(H: torch.Tensor, damp: float, name: str, factor, max_tries: int = 6):
+    """``(factor(H + lambda I), damp_used)``, ``lambda = damp * mean(diag H)``; ``factor`` returns
+    None when the dampened matrix is not usable, and the dampening is then multiplied by 10
+    (badly conditioned Hessians from few or degenerate samples). After ``max_tries`` a
+    :class:`HessianError` names the layer."""
+    mean_diag = torch.mean(torch.diag(H))
+    eye = torch.eye(H.shape[0], device=H.device, dtype=H.dtype)
+    for _ in range(max_tries):
+        out = factor(H + damp * mean_diag * eye)
+        if out is not None:
+            return out, damp
+        damp *= 10
+    raise HessianError(
+        f"layer '{name}': the Hessian is not positive definite even with dampening {damp / 10:g}; "
+        "calibrate on more (or more varied) samples, or raise 'damp'")
+
+
 def asymmetric_target(W: torch.Tensor, H: torch.Tensor, D: torch.Tensor, alpha: float, damp: float,
                       name: str = "") -> torch.Tensor:
     """``W + alpha W D (H + lambda I)^-1``: the weights that best map the quantized model's inputs
@@ -138,16 +155,13 @@ def asymmetric_target(W: torch.Tensor, H: torch.Tensor, D: torch.Tensor, alpha: 
         alpha: blend, 0 (GPTQ's target ``W``) .. 1 (the full asymmetric target).
         damp: fraction of the mean Hessian diagonal added before solving.
     """
-    mean_diag = torch.mean(torch.diag(H))
-    eye = torch.eye(H.shape[0], device=H.device, dtype=H.dtype)
-    for _ in range(6):
-        L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
-        if info == 0:
-            # H is symmetric: (W D H^-1)^T = H^-1 (W D)^T, one triangular solve pair.
-            return W + alpha * torch.cholesky_solve((W @ D).t(), L).t()
-        damp *= 10
-    raise HessianError(f"layer '{name}': the Hessian is not positive definite even with dampening {damp / 10:g}; "
-                       "calibrate on more (or more varied) samples, or raise 'damp'")
+    def cholesky(A):
+        L, info = torch.linalg.cholesky_ex(A)
+        return L if info == 0 else None
+
+    L, _ = _dampened(H, damp, name, cholesky)
+    # H is symmetric: (W D H^-1)^T = H^-1 (W D)^T, one triangular solve pair.
+    return W + alpha * torch.cholesky_solve((W @ D).t(), L).t()
 
 
 def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_tries: int = 6) -> tuple[torch.Tensor, float]:
@@ -159,19 +173,14 @@ def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_t
     Returns:
         ``(U, damp_used)``.
     """
-    mean_diag = torch.mean(torch.diag(H))
-    eye = torch.eye(H.shape[0], device=H.device, dtype=H.dtype)
-    for _ in range(max_tries):
-        L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
-        if info == 0:
-            Hinv = torch.cholesky_inverse(L)
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if info == 0 and torch.isfinite(U).all():
-                return U, damp
-        damp *= 10
-    raise HessianError(
-        f"layer '{name}': the Hessian is not positive definite even with dampening {damp / 10:g}; "
-        "calibrate on more (or more varied) samples, or raise 'damp'")
+    def inverse_factor(A):
+        L, info = torch.linalg.cholesky_ex(A)
+        if info != 0:
+            return None
+        U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+        return U if info == 0 and torch.isfinite(U).all() else None
+
+    return _dampened(H, damp, name, inverse_factor, max_tries)
 
 
 @dataclass
