@@ -30,9 +30,14 @@ SEQUENTIAL_GROUPS = (
     ("mlp.down_proj",),
 )
 
-# Once this Linear is final, the submodule holding it computes a final output: the
-# calibration engine may replay that output instead of recomputing it (attention).
-FINAL_AFTER = {"self_attn.o_proj": "self_attn"}
+# Once this Linear is final, these submodules compute final outputs (their inputs and weights
+# no longer change while the layer is calibrated): the calibration engine may replay those
+# outputs instead of recomputing them. Attention, and the norms that read only the residual
+# stream and attention's output (Gemma 2/3 and OLMo 2 normalize attention's output itself).
+FINAL_AFTER = {"self_attn.o_proj": ("self_attn", "post_attention_layernorm", "pre_feedforward_layernorm")}
+# Final from the start: the layer's own input never changes while it is calibrated and norms
+# are never compressed, so the first norm is computed once per batch instead of on every pass.
+FINAL_FROM_START = ("input_layernorm",)
 
 DEFAULT_IGNORE = ("lm_head",)
 
@@ -117,10 +122,17 @@ def sequential_groups(layer: nn.Module) -> list[list[tuple[str, nn.Linear]]]:
     return groups
 
 
-def finished_submodule(layer: nn.Module, linear_name: str) -> nn.Module | None:
-    """The submodule of ``layer`` whose output is final once ``linear_name`` is (or None)."""
-    sub = FINAL_AFTER.get(linear_name)
-    return layer.get_submodule(sub) if sub else None
+def _present(layer: nn.Module, names: Iterable[str]) -> list[nn.Module]:
+    mods = dict(layer.named_modules())
+    return [mods[n] for n in names if n in mods]
+
+
+def finished_submodules(layer: nn.Module, linear_name: str | None = None) -> list[nn.Module]:
+    """Submodules of ``layer`` whose outputs are final once ``linear_name`` is; with None, those
+    final before anything in the layer changes."""
+    if linear_name is None:
+        return _present(layer, FINAL_FROM_START)
+    return _present(layer, FINAL_AFTER.get(linear_name, ()))
 
 
 def _logical_numel(p: torch.Tensor) -> int:

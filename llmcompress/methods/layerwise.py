@@ -22,7 +22,7 @@ from torch import nn
 from ..calibration import run_layerwise
 from ..config import check_choice, check_range
 from ..errors import DataError
-from ..modeling import finished_submodule, sequential_groups
+from ..modeling import finished_submodules, sequential_groups
 from ..models import DTYPES
 
 # accumulate(state or None, inputs [..., cols], count) -> (state, count); with reference=True
@@ -108,6 +108,8 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
                     p.data = master[n].to(calib_dtype)
 
         forward_weights()
+        for done in finished_submodules(layer):
+            runner.freeze(done)  # the first norm: computed once per batch, replayed on later passes
         groups = sequential_groups(layer)
         if not true_sequential:
             groups = [[m for g in groups for m in g]]
@@ -129,8 +131,7 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
                 stats["layers"][f"{prefix}.{'+'.join(names)}"] = info
             forward_weights()  # later groups see this group's new weights
             for n in members:
-                done = finished_submodule(layer, n)
-                if done is not None:
+                for done in finished_submodules(layer, n):
                     runner.freeze(done)  # e.g. attention: later passes replay its outputs
         if cast:
             return lambda: [setattr(p, "data", master[n]) for n, p in params.items()]

@@ -149,12 +149,15 @@ def test_no_calibration_data(tiny_model, tokenizer):
         apply_gptq(tiny_model, GPTQConfig(group_size=64), Context(tokenizer=tokenizer))
 
 
-def test_replaying_final_attention_changes_nothing(tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("kw", [dict(), dict(gptaq_alpha=0.5, batch_size=3)])
+def test_replaying_final_submodules_changes_nothing(tiny_model_dir, monkeypatch, kw):
+    """Replayed attention and norms give the very bytes that recomputing them gives."""
     from llmcompress import modeling
 
-    first = compress(str(tiny_model_dir), gptq_recipe(), evaluation=False).model.state_dict()
+    first = compress(str(tiny_model_dir), gptq_recipe(**kw), evaluation=False).model.state_dict()
     monkeypatch.setattr(modeling, "FINAL_AFTER", {})
-    second = compress(str(tiny_model_dir), gptq_recipe(), evaluation=False).model.state_dict()
+    monkeypatch.setattr(modeling, "FINAL_FROM_START", ())
+    second = compress(str(tiny_model_dir), gptq_recipe(**kw), evaluation=False).model.state_dict()
     for k, v in first.items():
         assert torch.equal(v, second[k]), k
 

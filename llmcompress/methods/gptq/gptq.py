@@ -111,15 +111,19 @@ def accumulate_hessian_pair(state: tuple[torch.Tensor, torch.Tensor] | None, x: 
     H, D = state if state is not None else (None, None)
     H, total = accumulate_hessian(H, x, count)
     x = x.reshape(-1, x.shape[-1])
-    dx = (ref.reshape(-1, ref.shape[-1]).float() - x.float())
+    ref = ref.reshape(-1, ref.shape[-1])
     if D is None:
         D = torch.zeros_like(H)
     D.mul_(count / total)
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+    if x.dtype == ref.dtype == torch.bfloat16 and x.device.type == "cpu":
         # As for H: a bf16 product (float32 accumulation); D only shifts the target weights,
         # so rounding the differences to bf16 (2^-9 relative) is far below its own noise.
-        D.add_(torch.mm(dx.to(torch.bfloat16).t(), x).float(), alpha=2.0 / total)
-    elif x.is_cuda:
+        # A bf16 subtraction computes in float32 and rounds once: the same bits as
+        # subtracting in float32 and then casting, without two float32 copies of the inputs.
+        D.add_(torch.mm((ref - x).t(), x).float(), alpha=2.0 / total)
+        return (H, D), total
+    dx = ref.float() - x.float()
+    if x.is_cuda:
         with _tf32_matmul():  # TF32 rounding of the differences: as above, far below D's own noise
             D.addmm_(dx.t(), x.float(), alpha=2.0 / total)
     else:
