@@ -109,37 +109,56 @@ class LayerRunner:
         self.ref_layer, self.ref_hidden = reference if reference is not None else (None, None)
         self._batch = 0
         self._frozen: dict[nn.Module, dict[int, object]] = {}
+        # (stream's layer, Linear name) -> batch -> that Linear's input, kept by observe(keep=...)
+        self._kept: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+
+    def _layers(self):
+        return [self.layer] if self.ref_layer is None else [self.layer, self.ref_layer]
 
     def _batches(self):
         for b, i in enumerate(range(0, len(self.hidden), self.batch_size)):
             self._batch = b
             yield i
 
-    def freeze(self, module: nn.Module) -> None:
-        """Replay ``module``'s outputs from now on: computed once per batch, then reused.
+    def freeze(self, name: str, through: str | None = None) -> None:
+        """Replay submodule ``name``'s outputs from now on: computed once per batch, then reused.
 
         For a submodule whose weights are final (attention, once q/k/v/o are quantized), so
         that later passes over this layer skip it. Its inputs must not change before
         :meth:`release`, which the engine calls after propagating the layer. The reference
-        layer's copy of the module is frozen too (its weights never change).
-        """
-        if self.ref_layer is not None:
-            name = next((n for n, m in self.layer.named_modules() if m is module), None)
-            if name:
-                self._freeze(self.ref_layer.get_submodule(name))
-        self._freeze(module)
+        layer's copy of the submodule is frozen too (its weights never change).
 
-    def _freeze(self, module: nn.Module) -> None:
+        ``through``: a Linear whose output is the submodule's output (its first element, the
+        others None) and whose final inputs :meth:`observe` kept: each batch's output is then
+        that one matmul on the kept input instead of the whole submodule (attention without
+        q/k/v and the attention product; the MLP without gate/up). The first batch is checked
+        against the real forward, bit for bit; on any difference every batch is recomputed.
+        """
+        for layer in self._layers():
+            kept = self._kept.pop((id(layer), through), None) if through else None
+            self._freeze(layer.get_submodule(name), kept, layer.get_submodule(through) if kept else None)
+
+    def _freeze(self, module: nn.Module, kept: dict[int, torch.Tensor] | None, linear: nn.Module | None) -> None:
         if module in self._frozen:
             return
         cache: dict[int, object] = {}
         self._frozen[module] = cache
         original = module.forward
+        check: dict[str, object] = {}  # "ok": verdict on the shortcut, "form": the real output's shape
 
         def replay(*args, **kwargs):
-            if self._batch not in cache:
-                cache[self._batch] = original(*args, **kwargs)
-            return cache[self._batch]
+            b = self._batch
+            if b in cache:
+                return cache[b]
+            x = kept.pop(b, None) if kept is not None else None
+            if x is None or check.get("ok") is False:
+                cache[b] = original(*args, **kwargs)
+            elif "ok" not in check:
+                cache[b] = original(*args, **kwargs)
+                check["ok"], check["form"] = _same_as_linear(cache[b], linear(x))
+            else:
+                cache[b] = _shaped(check["form"], linear(x))
+            return cache[b]
 
         module.forward = replay
 
@@ -147,15 +166,18 @@ class LayerRunner:
         for module in self._frozen:
             del module.forward  # drop the instance attribute: the class method is back
         self._frozen.clear()
+        self._kept.clear()
 
     def _run_until(self, layer: nn.Module, hidden: torch.Tensor, modules: dict[str, nn.Module], i: int,
-                   fn: Callable[[str, torch.Tensor], None]) -> None:
+                   fn: Callable[[str, torch.Tensor], None], keep) -> None:
         """One batch through ``layer``, calling ``fn(name, input)``, stopped once every module has fired."""
         fired: set[str] = set()
 
         def make_hook(name):
             def hook(module, args):
                 fn(name, args[0])
+                if name in keep:
+                    self._kept.setdefault((id(layer), name), {})[self._batch] = args[0]
                 fired.add(name)
                 if len(fired) == len(modules):
                     raise _Stop
@@ -171,21 +193,24 @@ class LayerRunner:
                 h.remove()
 
     @torch.no_grad()
-    def observe(self, modules: dict[str, nn.Module], fn: Callable[..., None]) -> None:
+    def observe(self, modules: dict[str, nn.Module], fn: Callable[..., None], keep: tuple[str, ...] = ()) -> None:
         """Call ``fn(name, input)`` for every module and batch; stop each forward once all have fired.
 
         With a reference, ``fn(name, input, reference_input)``: the same module's input in the
         unmodified layer fed the unmodified model's hidden states (same batch).
+
+        ``keep``: names among ``modules`` whose inputs are final (nothing before them changes any
+        more) and are kept for :meth:`freeze`'s ``through`` (memory: those inputs, every batch).
         """
         if self.ref_layer is None:
             for i in self._batches():
-                self._run_until(self.layer, self.hidden, modules, i, fn)
+                self._run_until(self.layer, self.hidden, modules, i, fn, keep)
             return
         ref_modules = {n: self.ref_layer.get_submodule(n) for n in modules}
         for i in self._batches():
             refs: dict[str, torch.Tensor] = {}
-            self._run_until(self.ref_layer, self.ref_hidden, ref_modules, i, refs.__setitem__)
-            self._run_until(self.layer, self.hidden, modules, i, lambda n, x: fn(n, x, refs[n]))
+            self._run_until(self.ref_layer, self.ref_hidden, ref_modules, i, refs.__setitem__, keep)
+            self._run_until(self.layer, self.hidden, modules, i, lambda n, x: fn(n, x, refs[n]), keep)
 
     @torch.no_grad()
     def propagate(self) -> None:
@@ -195,6 +220,19 @@ class LayerRunner:
             if self.ref_layer is not None:
                 self.ref_hidden[i : i + self.batch_size] = _first(
                     self.ref_layer(self.ref_hidden[i : i + self.batch_size], **self.kwargs))
+
+
+def _same_as_linear(real, out: torch.Tensor) -> tuple[bool, object]:
+    """Is a submodule's output ``real`` exactly ``out`` (or ``(out, None, ...)``)? And its form."""
+    if isinstance(real, torch.Tensor):
+        return torch.equal(real, out), None
+    if type(real) is tuple and real and isinstance(real[0], torch.Tensor) and all(r is None for r in real[1:]):
+        return torch.equal(real[0], out), len(real)
+    return False, None
+
+
+def _shaped(form, out: torch.Tensor):
+    return out if form is None else (out,) + (None,) * (form - 1)
 
 
 def run_layerwise(

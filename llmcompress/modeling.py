@@ -34,7 +34,14 @@ SEQUENTIAL_GROUPS = (
 # no longer change while the layer is calibrated): the calibration engine may replay those
 # outputs instead of recomputing them. Attention, and the norms that read only the residual
 # stream and attention's output (Gemma 2/3 and OLMo 2 normalize attention's output itself).
-FINAL_AFTER = {"self_attn.o_proj": ("self_attn", "post_attention_layernorm", "pre_feedforward_layernorm")}
+FINAL_AFTER = {
+    "self_attn.o_proj": ("self_attn", "post_attention_layernorm", "pre_feedforward_layernorm"),
+    "mlp.down_proj": ("mlp",),
+}
+# Submodules whose output is one Linear's output (attention returns it with None attention
+# weights under SDPA): once that Linear is final, the engine gets the submodule's output from
+# the Linear's kept inputs in one matmul (it checks the first batch against the real forward).
+OUTPUT_LINEAR = {"self_attn": "self_attn.o_proj", "mlp": "mlp.down_proj"}
 # Final from the start: the layer's own input never changes while it is calibrated and norms
 # are never compressed, so the first norm is computed once per batch instead of on every pass.
 FINAL_FROM_START = ("input_layernorm",)
@@ -122,17 +129,12 @@ def sequential_groups(layer: nn.Module) -> list[list[tuple[str, nn.Linear]]]:
     return groups
 
 
-def _present(layer: nn.Module, names: Iterable[str]) -> list[nn.Module]:
-    mods = dict(layer.named_modules())
-    return [mods[n] for n in names if n in mods]
-
-
-def finished_submodules(layer: nn.Module, linear_name: str | None = None) -> list[nn.Module]:
-    """Submodules of ``layer`` whose outputs are final once ``linear_name`` is; with None, those
-    final before anything in the layer changes."""
-    if linear_name is None:
-        return _present(layer, FINAL_FROM_START)
-    return _present(layer, FINAL_AFTER.get(linear_name, ()))
+def finished_submodules(layer: nn.Module, linear_name: str | None = None) -> list[str]:
+    """Names of the submodules of ``layer`` whose outputs are final once ``linear_name`` is; with
+    None, those final before anything in the layer changes."""
+    names = FINAL_FROM_START if linear_name is None else FINAL_AFTER.get(linear_name, ())
+    present = dict(layer.named_modules())
+    return [n for n in names if n in present]
 
 
 def _logical_numel(p: torch.Tensor) -> int:

@@ -22,7 +22,7 @@ from torch import nn
 from ..calibration import run_layerwise
 from ..config import check_choice, check_range
 from ..errors import DataError
-from ..modeling import finished_submodules, sequential_groups
+from ..modeling import OUTPUT_LINEAR, finished_submodules, sequential_groups
 from ..models import DTYPES
 
 # accumulate(state or None, inputs [..., cols], count) -> (state, count); with reference=True
@@ -108,8 +108,8 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
                     p.data = master[n].to(calib_dtype)
 
         forward_weights()
-        for done in finished_submodules(layer):
-            runner.freeze(done)  # the first norm: computed once per batch, replayed on later passes
+        for name in finished_submodules(layer):
+            runner.freeze(name)  # the first norm: computed once per batch, replayed on later passes
         groups = sequential_groups(layer)
         if not true_sequential:
             groups = [[m for g in groups for m in g]]
@@ -118,7 +118,11 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
             if not members:
                 continue
             bank = SharedInputs(len(members), accumulate)
-            runner.observe(members, bank.add)
+            # In true-sequential order everything upstream of o_proj / down_proj is final when
+            # they are observed, so their inputs are too: keep them, and attention's and the
+            # MLP's outputs later cost one matmul each (OUTPUT_LINEAR).
+            keep = tuple(n for n in members if n in OUTPUT_LINEAR.values()) if true_sequential else ()
+            runner.observe(members, bank.add, keep=keep)
             batches: dict[tuple, list[str]] = {}
             for n in members:
                 batches.setdefault((bank.owner[n], repr(todo[f"{prefix}.{n}"])), []).append(n)
@@ -131,8 +135,9 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
                 stats["layers"][f"{prefix}.{'+'.join(names)}"] = info
             forward_weights()  # later groups see this group's new weights
             for n in members:
-                for done in finished_submodules(layer, n):
-                    runner.freeze(done)  # e.g. attention: later passes replay its outputs
+                for name in finished_submodules(layer, n):
+                    # e.g. attention: later passes replay its outputs
+                    runner.freeze(name, through=OUTPUT_LINEAR.get(name) if OUTPUT_LINEAR.get(name) in keep else None)
         if cast:
             return lambda: [setattr(p, "data", master[n]) for n, p in params.items()]
         return None

@@ -1,5 +1,8 @@
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from llmcompress import ConfigError, DataError, Recipe, compress
 from llmcompress.data import CalibrationConfig
@@ -160,6 +163,65 @@ def test_replaying_final_submodules_changes_nothing(tiny_model_dir, monkeypatch,
     second = compress(str(tiny_model_dir), gptq_recipe(**kw), evaluation=False).model.state_dict()
     for k, v in first.items():
         assert torch.equal(v, second[k]), k
+
+
+class _Sub(nn.Module):
+    """Returns its Linear's output as is (``(out, None)``, like attention) or changed."""
+
+    def __init__(self, as_tuple: bool, scale: float):
+        super().__init__()
+        self.lin, self.as_tuple, self.scale, self.calls = nn.Linear(16, 16), as_tuple, scale, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.lin(x) * self.scale if self.scale != 1 else self.lin(x)
+        return (out, None) if self.as_tuple else out
+
+
+class _Layer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = _Sub(True, 1.0), _Sub(False, 2.0)  # b's output is not its Linear's
+
+    def forward(self, h):
+        h = h + self.a(h)[0]
+        return (h + self.b(h),)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_replay_through_kept_linear_inputs(reference):
+    """Outputs of a frozen submodule computed from its Linear's kept inputs equal a full
+    recomputation; a submodule whose output is not that Linear's falls back to recomputing."""
+    from llmcompress.calibration import LayerRunner
+
+    torch.manual_seed(0)
+    layer, hidden = _Layer(), torch.randn(10, 4, 16)
+    ref = (copy.deepcopy(layer), hidden.clone()) if reference else None
+    runner = LayerRunner(layer, hidden.clone(), {}, batch_size=3, reference=ref)
+    seen = []
+    runner.observe({"a.lin": layer.a.lin}, lambda n, x, *r: seen.append(n), keep=("a.lin",))
+    runner.observe({"b.lin": layer.b.lin}, lambda n, x, *r: seen.append(n), keep=("b.lin",))
+    assert len(seen) == 2 * 4  # 4 batches
+    with torch.no_grad():
+        layer.a.lin.weight.mul_(0.5)  # "quantized": the kept inputs are still a.lin's final inputs
+        layer.b.lin.weight.mul_(0.5)
+        expected = layer(hidden)[0]
+    layers = [layer, ref[0]] if reference else [layer]
+    for m in layers:
+        m.a.calls = m.b.calls = 0
+    runner.freeze("a", through="a.lin")
+    runner.freeze("b", through="b.lin")
+    runner.propagate()
+    runner.release()
+    for m in layers:
+        assert m.a.calls == 1  # the first batch checks the shortcut; three more batches skip it
+        assert m.b.calls == 4  # the check failed: every batch recomputed
+        assert "forward" not in vars(m.a)  # released
+    torch.testing.assert_close(runner.hidden, expected, rtol=0, atol=0)
+    if reference:
+        # the reference copy never changed: its hidden states are the untouched layer's outputs
+        with torch.no_grad():
+            torch.testing.assert_close(runner.ref_hidden, ref[0](hidden)[0], rtol=0, atol=0)
 
 
 def cpu_cuda_agreement(tiny_model_dir, **options):
