@@ -11,7 +11,11 @@ were loaded (CPU), so a model far larger than the GPU can be calibrated.
 Inside a layer, ``LayerRunner.observe(modules)`` runs the stored samples through the
 layer only as far as needed: it stops each forward as soon as every observed module has
 seen its input. Observing q/k/v stops after the input norm; observing down_proj needs the
-whole layer but no extra pass for the output.
+whole layer but no extra pass for the output. Submodules whose outputs can no longer change
+are replayed (``LayerRunner.freeze``): the first norm from the start, attention and the
+norms after it once o_proj is final; and attention's / the MLP's outputs are computed from
+o_proj's / down_proj's kept inputs in one matmul instead of re-running q/k/v and the
+attention product, or gate/up. Each replay gives the bits a recomputation gives (tested).
 
 With ``reference=True`` the engine also carries the *unmodified* model's hidden states: each
 layer gets a full-precision copy (in the calibration dtype) that runs on them, and
