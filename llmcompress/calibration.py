@@ -124,7 +124,7 @@ class LayerRunner:
             self._batch = b
             yield i
 
-    def freeze(self, name: str, through: str | None = None) -> None:
+    def freeze(self, name: str, through: str | None = None, keep_outputs: bool = True) -> None:
         """Replay submodule ``name``'s outputs from now on: computed once per batch, then reused.
 
         For a submodule whose weights are final (attention, once q/k/v/o are quantized), so
@@ -137,12 +137,16 @@ class LayerRunner:
         that one matmul on the kept input instead of the whole submodule (attention without
         q/k/v and the attention product; the MLP without gate/up). The first batch is checked
         against the real forward, bit for bit; on any difference every batch is recomputed.
+
+        ``keep_outputs=False``: only the pass that propagates the layer comes next (the last
+        group), so outputs are not stored for reuse.
         """
         for layer in self._layers():
             kept = self._kept.pop((id(layer), through), None) if through else None
-            self._freeze(layer.get_submodule(name), kept, layer.get_submodule(through) if kept else None)
+            self._freeze(layer.get_submodule(name), kept, layer.get_submodule(through) if kept else None, keep_outputs)
 
-    def _freeze(self, module: nn.Module, kept: dict[int, torch.Tensor] | None, linear: nn.Module | None) -> None:
+    def _freeze(self, module: nn.Module, kept: dict[int, torch.Tensor] | None, linear: nn.Module | None,
+                keep_outputs: bool = True) -> None:
         if module in self._frozen:
             return
         cache: dict[int, object] = {}
@@ -162,7 +166,7 @@ class LayerRunner:
                 check["ok"], check["form"] = _same_as_linear(cache[b], linear(x))
             else:
                 cache[b] = _shaped(check["form"], linear(x))
-            return cache[b]
+            return cache[b] if keep_outputs else cache.pop(b)
 
         module.forward = replay
 
@@ -204,8 +208,10 @@ class LayerRunner:
         unmodified layer fed the unmodified model's hidden states (same batch).
 
         ``keep``: names among ``modules`` whose inputs are final (nothing before them changes any
-        more) and are kept for :meth:`freeze`'s ``through`` (memory: those inputs, every batch).
+        more) and are kept for :meth:`freeze`'s ``through`` (memory: those inputs, every batch;
+        kept only while that is at most :data:`KEEP_FRACTION` of the free memory where they live).
         """
+        keep = tuple(n for n in keep if self._affordable(modules[n]))
         if self.ref_layer is None:
             for i in self._batches():
                 self._run_until(self.layer, self.hidden, modules, i, fn, keep)
@@ -216,6 +222,13 @@ class LayerRunner:
             self._run_until(self.ref_layer, self.ref_hidden, ref_modules, i, refs.__setitem__, keep)
             self._run_until(self.layer, self.hidden, modules, i, lambda n, x: fn(n, x, refs[n]), keep)
 
+    def _affordable(self, module: nn.Module) -> bool:
+        """Do all batches' inputs of ``module`` (both streams) fit in KEEP_FRACTION of free memory?"""
+        x = self.hidden
+        per_token = getattr(module, "in_features", x.shape[-1]) * x.element_size()
+        need = x.shape[0] * x.shape[1] * per_token * len(self._layers())
+        return need <= KEEP_FRACTION * _free_bytes(x.device)
+
     @torch.no_grad()
     def propagate(self) -> None:
         """Replace the stored hidden states by this layer's outputs (in place, batch by batch)."""
@@ -224,6 +237,19 @@ class LayerRunner:
             if self.ref_layer is not None:
                 self.ref_hidden[i : i + self.batch_size] = _first(
                     self.ref_layer(self.ref_hidden[i : i + self.batch_size], **self.kwargs))
+
+
+# Kept Linear inputs (observe's ``keep``) may take at most this share of the free memory of their
+# device: they save recomputation, and are not worth an out-of-memory error on a large model.
+KEEP_FRACTION = 0.25
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil  # an accelerate dependency
+
+    return psutil.virtual_memory().available
 
 
 def _same_as_linear(real, out: torch.Tensor) -> tuple[bool, object]:

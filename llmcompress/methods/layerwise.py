@@ -113,7 +113,7 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
         groups = sequential_groups(layer)
         if not true_sequential:
             groups = [[m for g in groups for m in g]]
-        for group in groups:
+        for g, group in enumerate(groups):
             members = {n: m for n, m in group if f"{prefix}.{n}" in todo}
             if not members:
                 continue
@@ -137,7 +137,8 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
             for n in members:
                 for name in finished_submodules(layer, n):
                     # e.g. attention: later passes replay its outputs
-                    runner.freeze(name, through=OUTPUT_LINEAR.get(name) if OUTPUT_LINEAR.get(name) in keep else None)
+                    runner.freeze(name, through=OUTPUT_LINEAR.get(name) if OUTPUT_LINEAR.get(name) in keep else None,
+                                  keep_outputs=g < len(groups) - 1)
         if cast:
             return lambda: [setattr(p, "data", master[n]) for n, p in params.items()]
         return None

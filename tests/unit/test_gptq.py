@@ -153,13 +153,18 @@ def test_no_calibration_data(tiny_model, tokenizer):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(gptaq_alpha=0.5, batch_size=3)])
-def test_replaying_final_submodules_changes_nothing(tiny_model_dir, monkeypatch, kw):
-    """Replayed attention and norms give the very bytes that recomputing them gives."""
-    from llmcompress import modeling
+@pytest.mark.parametrize("disable", ["replays", "kept_inputs"])
+def test_replaying_final_submodules_changes_nothing(tiny_model_dir, monkeypatch, kw, disable):
+    """Replayed attention and norms, and attention / MLP outputs from kept Linear inputs, give the
+    very bytes that recomputing them gives (also when memory is too short to keep inputs)."""
+    from llmcompress import calibration, modeling
 
     first = compress(str(tiny_model_dir), gptq_recipe(**kw), evaluation=False).model.state_dict()
-    monkeypatch.setattr(modeling, "FINAL_AFTER", {})
-    monkeypatch.setattr(modeling, "FINAL_FROM_START", ())
+    if disable == "replays":
+        monkeypatch.setattr(modeling, "FINAL_AFTER", {})
+        monkeypatch.setattr(modeling, "FINAL_FROM_START", ())
+    else:
+        monkeypatch.setattr(calibration, "KEEP_FRACTION", 0.0)
     second = compress(str(tiny_model_dir), gptq_recipe(**kw), evaluation=False).model.state_dict()
     for k, v in first.items():
         assert torch.equal(v, second[k]), k
