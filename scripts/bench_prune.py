@@ -35,6 +35,12 @@ OURS = [("Wanda 50%", {"method": "wanda", "sparsity": 0.5}),
 # SparseGPT's float32), to show what the default costs or saves.
 DTYPE_ROWS = [("Wanda 2:4, float32 forwards", {"method": "wanda", "pattern": "2:4", "calibration_dtype": "float32"}),
               ("SparseGPT 2:4, bf16 forwards", {"method": "sparsegpt", "pattern": "2:4", "calibration_dtype": "bfloat16"})]
+def gptaq_rows(alphas):
+    """SparseGPT fitted to the full-precision model's outputs (``gptaq_alpha``), 50% and 2:4."""
+    return [(f"SparseGPT {label}, asymmetric (alpha {a:g})", {"method": "sparsegpt", **opt, "gptaq_alpha": a})
+            for a in alphas for label, opt in (("50%", {"sparsity": 0.5}), ("2:4", {"pattern": "2:4"}))]
+
+
 ANCHORS = [("Wanda 50%", "wanda", "0.5"), ("SparseGPT 50%", "sparsegpt", "0.5"),
            ("Wanda 2:4", "wanda", "2:4"), ("SparseGPT 2:4", "sparsegpt", "2:4")]
 
@@ -47,6 +53,8 @@ def main():
     ap.add_argument("--eval-tokens", type=int, default=2048, help="evaluation tokens per text (512-token windows)")
     ap.add_argument("--sparsity", type=float, default=0.5, help="magnitude pruning sparsity")
     ap.add_argument("--dtype-rows", action="store_true", help="also the 2:4 runs with the other calibration dtype")
+    ap.add_argument("--gptaq", nargs="*", type=float, default=[],
+                    help="also SparseGPT 50%% and 2:4 with asymmetric calibration (gptaq_alpha) at these alphas")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
     ap.add_argument("--anchors", nargs="*", default=None, help="anchor runs to include (default all): "
                     + ", ".join(a[0].replace("%", "%%") for a in ANCHORS))
@@ -81,7 +89,7 @@ def main():
         del model
         runs = [(f"llmcompress {label}", [this_python(), str(ROOT / "scripts/anchors/llmcompress_prune.py"),
                                           json.dumps(stage), str(src.path), str(ids_path)])
-                for label, stage in OURS + (DTYPE_ROWS if args.dtype_rows else [])]
+                for label, stage in OURS + (DTYPE_ROWS if args.dtype_rows else []) + gptaq_rows(args.gptaq)]
         if anchor and alias in args.anchor_models:
             runs += [(f"llm-compressor {label}", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_prune.py"),
                                                   method, str(src.path), str(ids_path), pattern])

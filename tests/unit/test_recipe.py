@@ -52,6 +52,7 @@ def test_python_recipe_matches_yaml(tmp_path):
         ("stages:\n  - method: rtn\n  - method: rtn\n    observer: foo\n", ["stage 2 (rtn)", "'observer' must be one of", "'mse'"]),
         ("stages:\n  - method: dtype\n    dtype: fp8\n", ["'dtype' must be one of"]),
         ("stages:\n  - method: gptq\n    gptaq_alpha: 2\n", ["stage 1 (gptq)", "'gptaq_alpha' must be in [0, 1]"]),
+        ("stages:\n  - method: sparsegpt\n    gptaq_alpha: -0.5\n", ["stage 1 (sparsegpt)", "'gptaq_alpha' must be in [0, 1]"]),
         ("stages: []\n", ["'stages' must be a non-empty list"]),
         ("stages:\n  - bits: 4\n", ["stage 1", "missing key 'method'"]),
         ("modle: x\nstages:\n  - method: rtn\n", ["unknown top-level key 'modle'"]),

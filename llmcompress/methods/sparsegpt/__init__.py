@@ -5,6 +5,7 @@ Recipe::
     - method: sparsegpt
       sparsity: 0.5          # or pattern: "2:4"
       damp: 0.01
+      gptaq_alpha: 0.0       # > 0: fit the full-precision model's outputs (asymmetric calibration)
     calibration: {source: wiki_calib, num_samples: 128, seq_len: 512}
 
 Calibrated layer by layer through the same engine and Hessians as GPTQ; a following
@@ -20,7 +21,7 @@ import torch
 
 from ...config import check_range
 from ...registry import register_method
-from ..gptq.gptq import accumulate_hessian
+from ..gptq.gptq import accumulate_hessian, accumulate_hessian_pair
 from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import per_layer_sparsity
 from ..prune.config import SparsityConfig
@@ -39,12 +40,14 @@ class SparseGPTConfig(LayerwiseOptions, SparsityConfig):
     # at 2:4 on Qwen2.5-Coder-0.5B (32 x 512 tokens, 8192 evaluation tokens) float32 forwards
     # gave 64.56 / 40.20 perplexity (wiki_eval / python_docs) against 88.97 / 47.67 with bf16,
     # for 2.2x the time (290 s against 134 s on 2 CPU cores). BENCHMARKS.md, pruning summary.
+    gptaq_alpha: float = field(default=0.0, metadata={"help": "asymmetric calibration as in GPTAQ (Li et al., 2025): prune towards the full-precision model's outputs, not only the layer's own; 0 = plain SparseGPT (the option doubles calibration forwards and stored hidden states)"})
     calibration_dtype: str = field(default="float32", metadata={"help": "dtype of layer forwards during calibration (statistics accumulate in float32): float32 | bfloat16 | float16 | auto (the model's)"})
 
     def __post_init__(self):
         super().__post_init__()
         check_range("damp", self.damp, 0, 1, lo_open=True)
         check_range("block_size", self.block_size, 1)
+        check_range("gptaq_alpha", self.gptaq_alpha, 0, 1)
         self.check_layerwise_options()
 
 
@@ -54,12 +57,15 @@ def apply_sparsegpt(model, cfg: SparseGPTConfig, ctx):
     layers = cfg.select(model)
     check_finite(model, layers, "SparseGPT")
 
-    def update(names, modules, weights, H, _):
+    reference = cfg.gptaq_alpha > 0  # the engine also carries the full-precision model's inputs
+
+    def update(names, modules, weights, stat, _):
+        H, D = stat if reference else (stat, None)
         # Modules sharing an input are pruned as one stack (rows are independent given H),
         # with each one's mask chosen on its own rows.
         res = sparsegpt_prune(torch.cat(weights), H, sparsity=cfg.sparsity, nm=cfg.nm,
                               row_splits=[w.shape[0] for w in weights], block_size=cfg.block_size,
-                              damp=cfg.damp, name=names[0])
+                              damp=cfg.damp, name=names[0], D=D, alpha=cfg.gptaq_alpha)
         row = 0
         for w in weights:
             w.copy_(res.weight[row : row + w.shape[0]])
@@ -67,7 +73,8 @@ def apply_sparsegpt(model, cfg: SparseGPTConfig, ctx):
         return {"loss": res.loss, "damp": res.damp}
 
     stats = calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, {n: None for n in layers},
-                                accumulate_hessian, update, calibration_dtype=cfg.calibration_dtype,
-                                true_sequential=cfg.true_sequential, batch_size=cfg.batch_size, desc="sparsegpt")
+                                accumulate_hessian_pair if reference else accumulate_hessian, update,
+                                calibration_dtype=cfg.calibration_dtype, true_sequential=cfg.true_sequential,
+                                batch_size=cfg.batch_size, desc="sparsegpt", reference=reference)
     ctx.notes["prune"] = {"per_layer_sparsity": per_layer_sparsity(layers), **stats}
     return model

@@ -10,6 +10,12 @@ Hessian ``H^-1`` of the layer's squared output error, so ``||W X - W' X||`` stay
 decided block by block (adaptive mask selection): within a block of columns the weights
 with the lowest ``w^2 / [U]_jj^2`` (``U`` the Cholesky factor of ``H^-1``) are removed, or
 the ``M - N`` lowest of every N:M group.
+
+Asymmetric calibration (optional, ``D`` and ``alpha``): GPTAQ (Li et al., ICML 2025) fits each
+quantized layer to the full-precision model's outputs rather than to its own inputs' image; its
+objective ``||W X - W' X~||`` becomes SparseGPT's with the target ``W + alpha W D H^-1`` in place of
+``W`` (:func:`~llmcompress.methods.gptq.gptq.asymmetric_target`), so the same shift applies to
+pruning: the mask is then chosen on, and the reconstruction spread over, that target.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..gptq.gptq import inverse_hessian_cholesky
+from ..gptq.gptq import asymmetric_target, inverse_hessian_cholesky
 
 
 @dataclass
@@ -44,6 +50,8 @@ def sparsegpt_prune(
     block_size: int = 128,
     damp: float = 0.01,
     name: str = "",
+    D: torch.Tensor | None = None,
+    alpha: float = 0.0,
 ) -> SparseGPTResult:
     """Prune one weight matrix (or a stack of matrices sharing ``H``) with SparseGPT.
 
@@ -57,6 +65,10 @@ def sparsegpt_prune(
         block_size: columns per mask-selection and lazy-update block (a multiple of M).
         damp: dampening as a fraction of the mean Hessian diagonal (raised if Cholesky fails).
         name: layer name for error messages.
+        D: ``(X - X~) X~^T`` from :func:`~llmcompress.methods.gptq.gptq.accumulate_hessian_pair`
+            (``X`` the full-precision model's inputs); with ``alpha`` > 0 the target weights are
+            shifted as in GPTAQ (module docstring).
+        alpha: blend of the asymmetric target, 0 (plain SparseGPT) .. 1.
     """
     dtype = W.dtype
     W = W.detach().float().clone()
@@ -68,6 +80,9 @@ def sparsegpt_prune(
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
+    if D is not None and alpha > 0:
+        W = asymmetric_target(W, H, D.detach().float(), alpha, damp, name)
+        W[:, dead] = 0
     U, damp_used = inverse_hessian_cholesky(H, damp, name)
     del H
     d = torch.diag(U)
