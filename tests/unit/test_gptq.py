@@ -384,6 +384,19 @@ def asymmetric_problem(seed=1):
     return W, X, Xq, H, D
 
 
+def test_inverse_hessian_with_inverse_matches_its_factor():
+    """GPTQ / GPTAQ take the shifted target and the column loop's factor from one factorization."""
+    from llmcompress.methods.gptq.gptq import inverse_hessian_cholesky, shift_target
+
+    W, X, Xq, H, D = asymmetric_problem()
+    U, inv, damp = inverse_hessian_cholesky(H, 0.01, with_inverse=True)
+    lam = 0.01 * torch.diag(H).mean()
+    torch.testing.assert_close(inv, torch.linalg.inv(H.double() + lam * torch.eye(len(H))).float(), rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(U.T @ U, inv, rtol=1e-3, atol=1e-5)
+    assert torch.equal(U, inverse_hessian_cholesky(H, 0.01)[0]) and damp == 0.01
+    torch.testing.assert_close(shift_target(W, D, inv, 0.7), asymmetric_target(W, H, D, 0.7, 0.01), rtol=1e-3, atol=1e-4)
+
+
 def test_gptaq_statistics_accumulate_in_batches():
     W, X, Xq, H, D = asymmetric_problem()
     state, n = None, 0

@@ -99,3 +99,17 @@ def test_asymmetric_zero_points_fit_gptq_v1(observer):
         assert err.max() <= 0.5 + 1e-4
     else:
         assert ((dq - w).norm() / w.norm()) < 0.1
+
+
+def test_mse_shrink_in_row_chunks_equals_one_pass(monkeypatch):
+    """On CPU the clipping search runs over row chunks (cache-sized); rows are independent, so
+    the factors are the very same as in one pass over the whole weight."""
+    from llmcompress.methods.quant import grid
+
+    torch.manual_seed(0)
+    w = torch.randn(37, 5, 64) * torch.rand(37, 5, 1) * 3
+    for args in (QuantArgs(4, 64, True), QuantArgs(4, 64, False), QuantArgs(8, 64, True)):
+        whole = grid.mse_shrink(w, args)
+        monkeypatch.setattr(grid, "MSE_CHUNK", 3 * 5 * 64)  # 3 rows per chunk, a ragged last one
+        assert torch.equal(grid.mse_shrink(w, args), whole)
+        monkeypatch.setattr(grid, "MSE_CHUNK", 1 << 18)

@@ -168,23 +168,35 @@ def asymmetric_target(W: torch.Tensor, H: torch.Tensor, D: torch.Tensor, alpha: 
     return W + alpha * torch.cholesky_solve((W @ D).t(), L).t()
 
 
-def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_tries: int = 6) -> tuple[torch.Tensor, float]:
+def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_tries: int = 6,
+                             with_inverse: bool = False):
     """Upper Cholesky factor of ``(H + lambda I)^-1``, ``lambda = damp * mean(diag H)``.
 
     The dampening is multiplied by 10 on each failure (badly conditioned Hessians from
     few or degenerate samples); after ``max_tries`` a :class:`HessianError` names the layer.
 
     Returns:
-        ``(U, damp_used)``.
+        ``(U, damp_used)``, or ``(U, (H + lambda I)^-1, damp_used)`` with ``with_inverse``.
     """
     def inverse_factor(A):
         L, info = torch.linalg.cholesky_ex(A)
         if info != 0:
             return None
-        U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-        return U if info == 0 and torch.isfinite(U).all() else None
+        inv = torch.cholesky_inverse(L)
+        U, info = torch.linalg.cholesky_ex(inv, upper=True)
+        # A NaN or inf anywhere in U reaches the diagonal (U_jj takes every U_ij^2 above it):
+        # checking the diagonal is as good as the whole matrix, at 1/cols of the cost.
+        if info != 0 or not torch.isfinite(torch.diagonal(U)).all():
+            return None
+        return (U, inv) if with_inverse else U
 
-    return _dampened(H, damp, name, inverse_factor, max_tries)
+    out, damp_used = _dampened(H, damp, name, inverse_factor, max_tries)
+    return (*out, damp_used) if with_inverse else (out, damp_used)
+
+
+def shift_target(W: torch.Tensor, D: torch.Tensor, H_inv: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``W + alpha W D H^-1`` from an inverse already at hand (see :func:`asymmetric_target`)."""
+    return W + alpha * ((W @ D) @ H_inv)
 
 
 @dataclass
@@ -354,8 +366,24 @@ def gptq_quantize(
     H[dead, dead] = 1
     W[:, dead] = 0
     keep_zero = W == 0
-    if D is not None and alpha > 0:
-        W = asymmetric_target(W, H, D.detach().float(), alpha, damp, name)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    if perm is not None:
+        H = H[perm][:, perm]
+    asym = D is not None and alpha > 0
+    # One factorization serves the column loop and, with GPTAQ, the shifted target (in the
+    # permuted order: W_p D_p H_p^-1 is W D H^-1 with its columns permuted).
+    if asym:
+        U, H_inv, damp_used = inverse_hessian_cholesky(H, damp, name, with_inverse=True)
+    else:
+        U, damp_used = inverse_hessian_cholesky(H, damp, name)
+    del H
+    if asym:
+        D = D.detach().float()
+        if perm is None:
+            W = shift_target(W, D, H_inv, alpha)
+        else:
+            W[:, perm] = shift_target(W[:, perm], D[perm][:, perm], H_inv, alpha)
+        del H_inv
         W[keep_zero] = 0  # pruned and dead weights stay zero
 
     scale = torch.empty(rows, n_groups, device=W.device)
@@ -369,15 +397,11 @@ def gptq_quantize(
         if zero is not None:
             zero.copy_(z)
     if act_order:
-        perm = torch.argsort(torch.diag(H), descending=True)
-        W, H, keep_zero = W[:, perm], H[perm][:, perm], keep_zero[:, perm]
+        W, keep_zero = W[:, perm], keep_zero[:, perm]
         col_group = (perm // g).tolist()
     else:
-        perm = None
         col_group = [c // g for c in range(cols)]
 
-    U, damp_used = inverse_hessian_cholesky(H, damp, name)
-    del H
     if not static:
         # Blocks hold whole groups, so a group's scale comes from its up-to-date weights.
         block_size = max(g, (block_size // g) * g)

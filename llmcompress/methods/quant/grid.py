@@ -98,9 +98,22 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, 
     return (q * scale.float()).to(dtype)
 
 
+# mse_shrink on CPU works through this many elements at a time: 21 candidate grids times ~8
+# elementwise passes then stay in cache instead of streaming the whole weight from memory each
+# time (2.4-3.9x faster on Qwen2.5-Coder-0.5B's layer shapes, same result: rows are independent).
+MSE_CHUNK = 1 << 18
+
+
 def mse_shrink(w: torch.Tensor, args: QuantArgs, grid: int = 20, max_shrink: float = 0.2, norm: float = 2.4):
     """Per-row clipping factor that minimises ``sum |w - dq(q(w))|^norm`` (GPTQ/llm-compressor's
     MSE observer): tries ``1, 1 - max_shrink/grid, ..., 1 - max_shrink`` and keeps the best."""
+    step = max(1, MSE_CHUNK // max(1, w[0].numel())) if w.dim() > 1 else len(w)
+    if w.device.type != "cpu" or step >= len(w):
+        return _mse_shrink(w, args, grid, max_shrink, norm)
+    return torch.cat([_mse_shrink(w[i : i + step], args, grid, max_shrink, norm) for i in range(0, len(w), step)])
+
+
+def _mse_shrink(w: torch.Tensor, args: QuantArgs, grid: int, max_shrink: float, norm: float):
     w = w.float()
     best_err = torch.full(w.shape[:-1] + (1,), float("inf"), device=w.device)
     best = torch.ones_like(best_err)

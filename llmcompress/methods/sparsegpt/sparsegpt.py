@@ -14,7 +14,8 @@ the ``M - N`` lowest of every N:M group.
 Asymmetric calibration (optional, ``D`` and ``alpha``): GPTAQ (Li et al., ICML 2025) fits each
 quantized layer to the full-precision model's outputs rather than to its own inputs' image; its
 objective ``||W X - W' X~||`` becomes SparseGPT's with the target ``W + alpha W D H^-1`` in place of
-``W`` (:func:`~llmcompress.methods.gptq.gptq.asymmetric_target`), so the same shift applies to
+``W`` (:func:`~llmcompress.methods.gptq.gptq.asymmetric_target`; computed here from the same inverse
+as the column loop), so the same shift applies to
 pruning: the mask is then chosen on, and the reconstruction spread over, that target.
 """
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..gptq.gptq import asymmetric_target, inverse_hessian_cholesky
+from ..gptq.gptq import inverse_hessian_cholesky, shift_target
 
 
 @dataclass
@@ -80,10 +81,13 @@ def sparsegpt_prune(
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    if D is not None and alpha > 0:
-        W = asymmetric_target(W, H, D.detach().float(), alpha, damp, name)
+    if D is not None and alpha > 0:  # one factorization for the shifted target and the column loop
+        U, H_inv, damp_used = inverse_hessian_cholesky(H, damp, name, with_inverse=True)
+        W = shift_target(W, D.detach().float(), H_inv, alpha)
         W[:, dead] = 0
-    U, damp_used = inverse_hessian_cholesky(H, damp, name)
+        del H_inv
+    else:
+        U, damp_used = inverse_hessian_cholesky(H, damp, name)
     del H
     d = torch.diag(U)
     quota = [round(sparsity * r * cols) for r in splits]
