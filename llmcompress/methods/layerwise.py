@@ -136,9 +136,9 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
             forward_weights()  # later groups see this group's new weights
             for n in members:
                 for name in finished_submodules(layer, n):
-                    # e.g. attention: later passes replay its outputs
-                    runner.freeze(name, through=OUTPUT_LINEAR.get(name) if OUTPUT_LINEAR.get(name) in keep else None,
-                                  keep_outputs=g < len(groups) - 1)
+                    # e.g. attention: later passes replay its outputs (from o_proj's kept inputs)
+                    through = OUTPUT_LINEAR.get(name)
+                    runner.freeze(name, through=through if through in keep else None, keep_outputs=g < len(groups) - 1)
         if cast:
             return lambda: [setattr(p, "data", master[n]) for n, p in params.items()]
         return None

@@ -394,7 +394,9 @@ def test_inverse_hessian_with_inverse_matches_its_factor():
     torch.testing.assert_close(inv, torch.linalg.inv(H.double() + lam * torch.eye(len(H))).float(), rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(U.T @ U, inv, rtol=1e-3, atol=1e-5)
     assert torch.equal(U, inverse_hessian_cholesky(H, 0.01)[0]) and damp == 0.01
-    torch.testing.assert_close(shift_target(W, D, inv, 0.7), asymmetric_target(W, H, D, 0.7, 0.01), rtol=1e-3, atol=1e-4)
+    # the shifted target from that inverse is W + alpha W D (H + lambda I)^-1
+    direct = W.double() + 0.7 * W.double() @ D.double() @ torch.linalg.inv(H.double() + lam * torch.eye(len(H)))
+    torch.testing.assert_close(shift_target(W, D, inv, 0.7), direct.float(), rtol=1e-3, atol=1e-4)
 
 
 def test_gptaq_statistics_accumulate_in_batches():

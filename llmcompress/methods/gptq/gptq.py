@@ -158,14 +158,12 @@ def asymmetric_target(W: torch.Tensor, H: torch.Tensor, D: torch.Tensor, alpha: 
         H, D: from :func:`accumulate_hessian_pair` (dead columns already patched in ``H``).
         alpha: blend, 0 (GPTQ's target ``W``) .. 1 (the full asymmetric target).
         damp: fraction of the mean Hessian diagonal added before solving.
-    """
-    def cholesky(A):
-        L, info = torch.linalg.cholesky_ex(A)
-        return L if info == 0 else None
 
-    L, _ = _dampened(H, damp, name, cholesky)
-    # H is symmetric: (W D H^-1)^T = H^-1 (W D)^T, one triangular solve pair.
-    return W + alpha * torch.cholesky_solve((W @ D).t(), L).t()
+    GPTQ and SparseGPT compute the same thing from the inverse their column loop factorizes
+    anyway (:func:`inverse_hessian_cholesky` with ``with_inverse``, then :func:`shift_target`).
+    """
+    _, H_inv, _ = inverse_hessian_cholesky(H, damp, name, with_inverse=True)
+    return shift_target(W, D, H_inv, alpha)
 
 
 def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_tries: int = 6,
@@ -195,7 +193,7 @@ def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_t
 
 
 def shift_target(W: torch.Tensor, D: torch.Tensor, H_inv: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``W + alpha W D H^-1`` from an inverse already at hand (see :func:`asymmetric_target`)."""
+    """``W + alpha W D H^-1`` from an inverse already at hand (:func:`asymmetric_target`)."""
     return W + alpha * ((W @ D) @ H_inv)
 
 
