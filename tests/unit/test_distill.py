@@ -1,5 +1,7 @@
 """Distillation: losses against their formulas, chunking, the top-k cache, resume, and bad inputs."""
 
+import tempfile
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -353,15 +355,20 @@ evaluation: {{source: wiki_eval, max_tokens: 256, seq_len: 64}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "r.yaml", "student"]
 
 
-def test_bf16_mixed_precision_returns_a_plain_float32_model(tiny_model_dir, tokenizer, tmp_path):
+def test_bf16_mixed_precision_returns_a_plain_float32_model(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
     """accelerate wraps the forward in autocast for mixed precision; the student handed back must
     compute in its own dtype again, as its checkpoint will (found on CUDA: 8e-3 logit differences)."""
     from transformers import AutoModelForCausalLM
 
     ids = torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    ctx = ctx_for(tokenizer, ids)
     student = apply_distill(make_model(layers=1, seed=2),
                             DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=2,
-                                          batch_size=2, mixed_precision="bf16"), ctx_for(tokenizer, ids))
+                                          batch_size=2, mixed_precision="bf16"), ctx)
+    # no checkpoint_dir and no checkpoints: the trainer's scratch folder is gone afterwards
+    assert list((tmp_path / "scratch").iterdir()) == [] and ctx.notes["distill"]["checkpoint_dir"] is None
     student.save_pretrained(tmp_path / "s")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "s", dtype=torch.float32).eval()
     with torch.no_grad():

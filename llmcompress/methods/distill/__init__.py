@@ -169,6 +169,7 @@ def _precision(cfg: DistillConfig, device) -> dict:
 @register_method("distill", DistillConfig)
 def apply_distill(model, cfg: DistillConfig, ctx):
     """Train ``model`` (the student) on the teacher's distribution; returns the trained model."""
+    import shutil
     import tempfile
 
     from transformers import TrainingArguments, set_seed
@@ -231,6 +232,9 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         student = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM",
                                                    target_modules=LORA_TARGETS))
     student.train()
+    # Trainer needs an output_dir even when nothing is saved; a temp folder made only for that
+    # is removed after training so that runs do not leave empty folders behind.
+    scratch = not cfg.checkpoint_dir
     out_dir = cfg.checkpoint_dir or tempfile.mkdtemp(prefix="llmcompress-distill-")
     args = TrainingArguments(
         output_dir=out_dir, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
@@ -251,14 +255,19 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         if resume is None:
             logger.warning("resume: no checkpoint in %s, starting from step 0", out_dir)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if scratch and not cfg.save_steps:
+            shutil.rmtree(out_dir, ignore_errors=True)
     notes.update({"steps": trainer.state.global_step, "train_seconds": round(time.perf_counter() - t0, 1),
                   "train_loss": result.training_loss,
                   "processes": world_size(),
                   "tokens": trainer.state.global_step * cfg.batch_size * cfg.grad_accum * world_size() * ids.shape[1],
                   "log": [{k: v for k, v in h.items() if k in ("step", "loss", "learning_rate")}
                           for h in trainer.state.log_history if "loss" in h],
-                  "checkpoint_dir": out_dir, "resumed_from": resume})
+                  "checkpoint_dir": out_dir if (cfg.save_steps or not scratch) else None,
+                  "resumed_from": resume})
     # Mixed precision: accelerate wrapped the model's forward in autocast; give back the plain one,
     # or the returned model would keep computing in bf16 (and differ from its own checkpoint).
     student = trainer.accelerator.unwrap_model(student, keep_fp32_wrapper=False)
