@@ -7,6 +7,7 @@ from torch import nn
 from llmcompress import ConfigError, DataError, Recipe, compress
 from llmcompress.data import CalibrationConfig
 from llmcompress.methods.gptq import GPTQConfig
+from llmcompress.methods.gptq import gptq as G
 from llmcompress.methods.gptq.gptq import (HessianError, accumulate_hessian, accumulate_hessian_pair, asymmetric_target,
                                         gptq_quantize, inverse_hessian_cholesky)
 from llmcompress.methods.quant.grid import QuantArgs, fake_quantize, group_qparams
@@ -410,6 +411,45 @@ def test_gptaq_statistics_accumulate_in_batches():
     (H0, D0), _ = accumulate_hessian_pair(None, X, 0, X)
     assert torch.count_nonzero(D0) == 0
     torch.testing.assert_close(asymmetric_target(W, H0, D0, 1.0, 0.01), W)
+
+
+@pytest.mark.parametrize("block", [16, 1000])
+def test_bf16_statistics_in_blocks_match_the_float64_products(monkeypatch, block):
+    """The CPU bf16 path multiplies only the blocks on and right of H's diagonal (mirroring the
+    rest) and keeps D as a transposed view; both must still be the plain products, and H must
+    not be rounded to bf16 (which made nearly singular Hessians indefinite)."""
+    monkeypatch.setattr(G, "GRAM_BLOCK", block)  # 16: three block rows of a 50-wide input
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 40, 50, generator=g) * torch.rand(50, generator=g) * 4).bfloat16()
+    ref = (x.float() + 0.2 * torch.randn(x.shape, generator=g)).bfloat16()
+    state, n = None, 0
+    for a, b in zip(x.split(2), ref.split(2)):
+        state, n = accumulate_hessian_pair(state, a, n, b)
+    H, D = state
+    X, R = x.reshape(-1, 50).double(), ref.reshape(-1, 50).double()
+    exact = 2 * X.T @ X / n
+    assert n == 160 and torch.equal(H, H.T), "H must be exactly symmetric"
+    # float32 accuracy (a bf16-rounded product is off by up to 2^-9 of an entry)
+    assert (H.double() - exact).abs().max() <= 1e-5 * exact.abs().max()
+    # D's product is rounded to bf16 once per batch (2^-9 relative)
+    torch.testing.assert_close(D.double(), 2 * (R - X).T @ X / n, rtol=1e-2, atol=1e-2 * D.abs().max().item())
+    H1, _ = accumulate_hessian(None, x, 0)
+    assert torch.equal(H1, H1.T) and (H1.double() - exact).abs().max() <= 1e-5 * exact.abs().max()
+
+
+def test_bf16_inputs_of_a_nearly_singular_hessian_stay_positive_definite():
+    """Inputs close to a low-dimensional subspace (as attention outputs of early layers are):
+    the accumulated H plus 1% dampening must factor without raising the dampening."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(8, 256, generator=g)  # a bf16-rounded product: smallest eigenvalue -1.13 lambda
+    x = (torch.randn(4096, 8, generator=g) @ basis + 1e-3 * torch.randn(4096, 256, generator=g)).bfloat16()
+    H, n = None, 0
+    for chunk in x.split(1024):
+        H, n = accumulate_hessian(H, chunk, n)
+    lam = 0.01 * H.diag().mean()
+    assert torch.linalg.eigvalsh(H.double())[0] > -1e-3 * lam
+    _, damp = inverse_hessian_cholesky(H, 0.01)
+    assert damp == 0.01
 
 
 def test_asymmetric_target_is_the_least_squares_solution():

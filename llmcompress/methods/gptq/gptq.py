@@ -64,6 +64,80 @@ def _tf32_matmul():
             m.allow_tf32 = old
 
 
+@contextmanager
+def _bf16_cpu_matmul():
+    """float32 matmuls on CPU run on oneDNN's bf16 kernels (float32 accumulation and output).
+
+    For operands that hold bf16 values (calibration activations) nothing is rounded on the
+    way in, so the result is a float32 product (relative error ~5e-7 on 4096 x 4864 inputs,
+    like IEEE float32) at about half its time on CPUs with AMX / AVX512-BF16. Without the
+    setting (torch < 2.9) the product is plain float32.
+    """
+    m = getattr(torch.backends.mkldnn, "matmul", None)
+    if m is None or not hasattr(m, "fp32_precision"):  # pragma: no cover - older torch
+        yield
+        return
+    old = m.fp32_precision
+    m.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        m.fp32_precision = old
+
+
+# Rows per block of the symmetric product on CPU: three blocks for Qwen2.5's 4864-wide
+# down_proj, one for 896-wide inputs (timed with torch.mm on an AMX CPU, 4096 tokens a batch).
+GRAM_BLOCK = 1664
+
+
+def _add_gram(H: torch.Tensor, xt: torch.Tensor, alpha: float) -> None:
+    """``H += alpha * xt xt^T`` for a contiguous float32 ``xt`` ``[cols, tokens]`` on CPU.
+
+    Only the block rows on and right of the diagonal are multiplied; the blocks below are the
+    transposes of those right of it (3 of 4 blocks for two block rows, 6 of 9 for three), so
+    ``H`` also stays exactly symmetric. With the tokens on the inner, contiguous axis the
+    kernel runs faster than on ``x.t()`` (a transposed view of ``[tokens, cols]``).
+    """
+    c = xt.shape[0]
+    k = max(1, round(c / GRAM_BLOCK))
+    bounds = [(i * c) // k for i in range(k + 1)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        P = torch.mm(xt[a:b], xt[a:].t())
+        H[a:b, a:].add_(P, alpha=alpha)
+        if b < c:
+            H[b:, a:b].add_(P[:, b - a :].t(), alpha=alpha)
+
+
+def _accumulate(H: torch.Tensor | None, x: torch.Tensor, count: int):
+    """``accumulate_hessian`` returning also ``x^T`` as a contiguous bf16 ``[cols, tokens]`` when
+    the CPU bf16 path made one (GPTAQ reuses it for ``D``), else None."""
+    x = x.reshape(-1, x.shape[-1])
+    n = x.shape[0]
+    if H is None:
+        H = torch.zeros(x.shape[1], x.shape[1], device=x.device, dtype=torch.float32)
+    total = count + n
+    H.mul_(count / total)
+    xt = None
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        # Not a bf16 product: its output is rounded to bf16 (2^-9 relative per entry), which made
+        # Qwen2.5's nearly singular o_proj Hessians indefinite (smallest eigenvalue -7 to -11
+        # times the 1% dampening, exact: +1.0) and forced their dampening up to 100%. A float32
+        # product on bf16 kernels (exact inputs, float32 output) costs 1.7x a bf16 one, not 4x.
+        xt = x.t().contiguous()
+        with _bf16_cpu_matmul():
+            _add_gram(H, xt.float(), 2.0 / total)
+    elif x.dtype in (torch.bfloat16, torch.float16) and x.is_cuda:
+        # bf16 / fp16 values are exact in TF32 (10 mantissa bits), so TF32 tensor cores lose
+        # nothing on the inputs; only their accumulation differs from IEEE float32 (max
+        # relative error 3.6e-5 against float64 on an H100, float32 5.6e-6: far below the
+        # 1% dampening). 3.6x faster; this product was most of GPTQ's GPU time (BENCHMARKS.md).
+        with _tf32_matmul():
+            H.addmm_(x.t().float(), x.float(), alpha=2.0 / total)
+    else:
+        H.addmm_(x.t().float(), x.float(), alpha=2.0 / total)
+    return H, total, xt
+
+
 def accumulate_hessian(H: torch.Tensor | None, x: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
     """Add a batch of inputs to a running ``H = 2/n * sum x x^T`` (float32).
 
@@ -75,26 +149,7 @@ def accumulate_hessian(H: torch.Tensor | None, x: torch.Tensor, count: int) -> t
     Returns:
         ``(H, count)`` updated.
     """
-    x = x.reshape(-1, x.shape[-1])
-    n = x.shape[0]
-    if H is None:
-        H = torch.zeros(x.shape[1], x.shape[1], device=x.device, dtype=torch.float32)
-    total = count + n
-    H.mul_(count / total)
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
-        # bf16 products accumulate in float32 inside the CPU kernel and are rounded to
-        # bf16 once per batch (relative error ~2^-9, averaged over batches, far below the
-        # dampening); about 4x faster than a float32 product on CPUs with AVX512-BF16.
-        H.add_(torch.mm(x.t(), x).float(), alpha=2.0 / total)
-    elif x.dtype in (torch.bfloat16, torch.float16) and x.is_cuda:
-        # bf16 / fp16 values are exact in TF32 (10 mantissa bits), so TF32 tensor cores lose
-        # nothing on the inputs; only their accumulation differs from IEEE float32 (max
-        # relative error 3.6e-5 against float64 on an H100, float32 5.6e-6: far below the
-        # 1% dampening). 3.6x faster; this product was most of GPTQ's GPU time (BENCHMARKS.md).
-        with _tf32_matmul():
-            H.addmm_(x.t().float(), x.float(), alpha=2.0 / total)
-    else:
-        H.addmm_(x.t().float(), x.float(), alpha=2.0 / total)
+    H, total, _ = _accumulate(H, x, count)
     return H, total
 
 
@@ -107,20 +162,25 @@ def accumulate_hessian_pair(state: tuple[torch.Tensor, torch.Tensor] | None, x: 
         x: inputs in the model being quantized ``[..., cols]``.
         count: tokens already accumulated.
         ref: the same inputs in the unmodified model, same shape as ``x``.
+
+    ``D`` is a transposed view of a contiguous buffer holding ``D^T = 2/n sum x^T (ref - x)``:
+    on CPU that product runs with the layout the bf16 kernel is fastest on, reusing the
+    contiguous ``x^T`` made for ``H``.
     """
     H, D = state if state is not None else (None, None)
-    H, total = accumulate_hessian(H, x, count)
+    H, total, xt = _accumulate(H, x, count)
     x = x.reshape(-1, x.shape[-1])
     ref = ref.reshape(-1, ref.shape[-1])
     if D is None:
-        D = torch.zeros_like(H)
+        D = torch.zeros_like(H).t()
     D.mul_(count / total)
-    if x.dtype == ref.dtype == torch.bfloat16 and x.device.type == "cpu":
-        # As for H: a bf16 product (float32 accumulation); D only shifts the target weights,
-        # so rounding the differences to bf16 (2^-9 relative) is far below its own noise.
+    if xt is not None and ref.dtype == torch.bfloat16:
+        # A bf16 product (float32 accumulation, output rounded to bf16 once per batch): D only
+        # shifts the target weights and need not stay positive definite as H must, so rounding
+        # it (and the differences) to bf16 (2^-9 relative) is far below its own noise.
         # A bf16 subtraction computes in float32 and rounds once: the same bits as
         # subtracting in float32 and then casting, without two float32 copies of the inputs.
-        D.add_(torch.mm((ref - x).t(), x).float(), alpha=2.0 / total)
+        D.t().add_(torch.mm(xt, ref - x), alpha=2.0 / total)
         return (H, D), total
     dx = ref.float() - x.float()
     if x.is_cuda:
