@@ -31,10 +31,10 @@ OURS = [("Wanda 50%", {"method": "wanda", "sparsity": 0.5}),
         ("Wanda 2:4", {"method": "wanda", "pattern": "2:4"}),
         ("SparseGPT 2:4", {"method": "sparsegpt", "pattern": "2:4"}),
         ("structured: 25% of MLP channels removed", {"method": "prune_structured", "mlp_ratio": 0.25})]
-# --dtype-rows: the 2:4 runs again with the other calibration dtype (Wanda's default is bf16,
-# SparseGPT's float32), to show what the default costs or saves.
+# --dtype-rows: the 2:4 runs again with float32 calibration forwards (both default to bf16),
+# to show what the default costs or saves.
 DTYPE_ROWS = [("Wanda 2:4, float32 forwards", {"method": "wanda", "pattern": "2:4", "calibration_dtype": "float32"}),
-              ("SparseGPT 2:4, bf16 forwards", {"method": "sparsegpt", "pattern": "2:4", "calibration_dtype": "bfloat16"})]
+              ("SparseGPT 2:4, float32 forwards", {"method": "sparsegpt", "pattern": "2:4", "calibration_dtype": "float32"})]
 def gptaq_rows(alphas):
     """SparseGPT fitted to the full-precision model's outputs (``gptaq_alpha``), 50% and 2:4."""
     return [(f"SparseGPT {label}, asymmetric (alpha {a:g})", {"method": "sparsegpt", **opt, "gptaq_alpha": a})
@@ -63,8 +63,15 @@ def main():
     ap.add_argument("--threshold-models", nargs="*", default=["smollm2-135m"],
                     help="models for the global-threshold timing (torch.nn.utils.prune needs ~40x the weights in RAM)")
     ap.add_argument("--work", default=None, help="folder for the outputs and results.json, kept (default: a temp folder, removed at exit)")
+    ap.add_argument("--rows", nargs="*", default=None,
+                    help="llmcompress rows to run (default all), by label, e.g. 'SparseGPT 50%%' 'SparseGPT 2:4, asymmetric (alpha 0.5)'")
+    ap.add_argument("--no-magnitude", action="store_true", help="skip the magnitude rows (a probe of the calibrated methods)")
     ap.add_argument("--section", default="prune", help="BENCHMARKS.md section to write")
     args = ap.parse_args()
+    ours = OURS + (DTYPE_ROWS if args.dtype_rows else []) + gptaq_rows(args.gptaq)
+    unknown = set(args.rows or ()) - {label for label, _ in ours}
+    if unknown:
+        ap.error(f"--rows: no such row {sorted(unknown)}; rows: {[label for label, _ in ours]}")
     work = work_dir(args.work, "bench_prune_")
     anchor = python_of(args.anchor_venv)
     rows, cost, raw = [], [], {}
@@ -77,19 +84,20 @@ def main():
         params = count_parameters(model)
         res = {"dense": {"ppl": ppl_by_text(model, windows), "params": params}}
         del model
-        for scope in ("layer", "global", "global_normalized", "owl"):
+        for scope in () if args.no_magnitude else ("layer", "global", "global_normalized", "owl"):
             model, _, _ = models.load(src, dtype="float32")
             apply_prune(model, PruneConfig(sparsity=args.sparsity, scope=scope))
             res[f"magnitude {args.sparsity:.0%}, {scope}"] = {"ppl": ppl_by_text(model, windows), "params": params}
             del model
             gc.collect()
-        model, _, _ = models.load(src, dtype="float32")
-        apply_prune(model, PruneConfig(pattern="2:4"))
-        res["magnitude 2:4"] = {"ppl": ppl_by_text(model, windows), "params": params}
-        del model
+        if not args.no_magnitude:
+            model, _, _ = models.load(src, dtype="float32")
+            apply_prune(model, PruneConfig(pattern="2:4"))
+            res["magnitude 2:4"] = {"ppl": ppl_by_text(model, windows), "params": params}
+            del model
         runs = [(f"llmcompress {label}", [this_python(), str(ROOT / "scripts/anchors/llmcompress_prune.py"),
                                           json.dumps(stage), str(src.path), str(ids_path)])
-                for label, stage in OURS + (DTYPE_ROWS if args.dtype_rows else []) + gptaq_rows(args.gptaq)]
+                for label, stage in ours if args.rows is None or label in args.rows]
         if anchor and alias in args.anchor_models:
             runs += [(f"llm-compressor {label}", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_prune.py"),
                                                   method, str(src.path), str(ids_path), pattern])
@@ -130,7 +138,7 @@ def main():
         f"{machine()}). All Linear layers but lm_head. Calibration "
         f"for the calibrated methods: random {args.seq_len}-token windows of the built-in `wiki_calib` text, seed 0, "
         f"the same token ids for llmcompress and llm-compressor ({samples} windows); llmcompress's calibration "
-        "forwards run in bf16 for Wanda and structured pruning, float32 for SparseGPT (the defaults; "
+        "forwards run in bf16 (the default; "
         f"llm-compressor runs the float32 model as loaded). Perplexity on the first {args.eval_tokens} "
         "tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` (another domain), "
         "every output evaluated by the same code in float32. Prune time and peak RSS are measured inside each "

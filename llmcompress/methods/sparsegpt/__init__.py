@@ -36,12 +36,11 @@ class SparseGPTConfig(LayerwiseOptions, SparsityConfig):
 
     damp: float = field(default=0.01, metadata={"help": "dampening, fraction of the mean Hessian diagonal"})
     block_size: int = field(default=128, metadata={"help": "columns per mask-selection block"})
-    # Unlike GPTQ, SparseGPT's weight reconstruction fits what bf16 rounding adds to its inputs:
-    # at 2:4 on Qwen2.5-Coder-0.5B (32 x 512 tokens, 8192 evaluation tokens) float32 forwards
-    # gave 64.56 / 40.20 perplexity (wiki_eval / python_docs) against 88.97 / 47.67 with bf16,
-    # for 2.2x the time (290 s against 134 s on 2 CPU cores). BENCHMARKS.md, pruning summary.
+    # Calibration forwards run in bf16 (the layer-wise default). They once ran in float32 here:
+    # bf16-rounded Hessian products had made nearly singular Hessians indefinite (dampening raised
+    # to 100%), which cost SparseGPT 2:4 on Qwen2.5-Coder-0.5B 88.97 / 47.67 perplexity against
+    # 64.56 / 40.20. With float32 products bf16 forwards give 64.06 / 41.59 in a third of the time.
     gptaq_alpha: float = field(default=0.0, metadata={"help": "asymmetric calibration as in GPTAQ (Li et al., 2025): prune towards the full-precision model's outputs, not only the layer's own; 0 = plain SparseGPT (the option doubles calibration forwards and stored hidden states)"})
-    calibration_dtype: str = field(default="float32", metadata={"help": "dtype of layer forwards during calibration (statistics accumulate in float32): float32 | bfloat16 | float16 | auto (the model's)"})
 
     def __post_init__(self):
         super().__post_init__()
