@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shlex
 import shutil
 import sys
 
@@ -134,7 +135,7 @@ def main():
     table = (
         "## Pruning: magnitude, Wanda, SparseGPT, 2:4 and structured, beside llm-compressor"
         + (f" ({', '.join(args.models)})" if args.section != "prune" else "") + "\n\n"
-        f"`python scripts/bench_prune.py{' ' + ' '.join(sys.argv[1:]) if len(sys.argv) > 1 else ''}` (one run; "
+        f"`python scripts/bench_prune.py{' ' + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else ''}` (one run; "
         f"{machine()}). All Linear layers but lm_head. Calibration "
         f"for the calibrated methods: random {args.seq_len}-token windows of the built-in `wiki_calib` text, seed 0, "
         f"the same token ids for llmcompress and llm-compressor ({samples} windows); llmcompress's calibration "
