@@ -163,16 +163,16 @@ def accumulate_hessian_pair(state: tuple[torch.Tensor, torch.Tensor] | None, x: 
         count: tokens already accumulated.
         ref: the same inputs in the unmodified model, same shape as ``x``.
 
-    ``D`` is a transposed view of a contiguous buffer holding ``D^T = 2/n sum x^T (ref - x)``:
-    on CPU that product runs with the layout the bf16 kernel is fastest on, reusing the
-    contiguous ``x^T`` made for ``H``.
+    For bf16 inputs on CPU ``D`` is a transposed view of a contiguous buffer holding
+    ``D^T = 2/n sum x^T (ref - x)``: that product runs with the layout the bf16 kernel is
+    fastest on, reusing the contiguous ``x^T`` made for ``H``.
     """
     H, D = state if state is not None else (None, None)
     H, total, xt = _accumulate(H, x, count)
     x = x.reshape(-1, x.shape[-1])
     ref = ref.reshape(-1, ref.shape[-1])
-    if D is None:
-        D = torch.zeros_like(H).t()
+    if D is None:  # on the CPU bf16 path a view of D^T's buffer, else plain
+        D = torch.zeros_like(H).t() if xt is not None else torch.zeros_like(H)
     D.mul_(count / total)
     if xt is not None and ref.dtype == torch.bfloat16:
         # A bf16 product (float32 accumulation, output rounded to bf16 once per batch): D only

@@ -39,7 +39,8 @@ class SparseGPTConfig(LayerwiseOptions, SparsityConfig):
     # Calibration forwards run in bf16 (the layer-wise default). They once ran in float32 here:
     # bf16-rounded Hessian products had made nearly singular Hessians indefinite (dampening raised
     # to 100%), which cost SparseGPT 2:4 on Qwen2.5-Coder-0.5B 88.97 / 47.67 perplexity against
-    # 64.56 / 40.20. With float32 products bf16 forwards give 64.06 / 41.59 in a third of the time.
+    # 64.56 / 40.20. With float32 products bf16 forwards give 64.06 / 41.59 in 91 s, float32
+    # forwards 64.00 / 38.28 in 177 s (BENCHMARKS.md, bench:prune_qwen_sparsegpt).
     gptaq_alpha: float = field(default=0.0, metadata={"help": "asymmetric calibration as in GPTAQ (Li et al., 2025): prune towards the full-precision model's outputs, not only the layer's own; 0 = plain SparseGPT (the option doubles calibration forwards and stored hidden states)"})
 
     def __post_init__(self):
