@@ -50,8 +50,11 @@ class LayerwiseOptions:
 class SharedInputs:
     """Input statistics of one group's modules, one per distinct input tensor."""
 
-    def __init__(self, members: int, accumulate: Accumulate):
+    def __init__(self, members: int, accumulate: Accumulate, lone: dict[str, nn.Module] | None = None):
         self.members, self.accumulate = members, accumulate
+        # Modules known to have an input of their own (o_proj, down_proj): an ``accumulate`` with
+        # ``takes_weight`` also gets their weight, to keep a statistic projected on it (GPTAQ).
+        self.lone = lone if getattr(accumulate, "takes_weight", False) and lone else {}
         self.owner: dict[str, int] = {}
         self.leader: dict[int, str] = {}
         self.first_input: dict[int, torch.Tensor] = {}
@@ -70,7 +73,8 @@ class SharedInputs:
             return
         if len(self.owner) == self.members:
             self.first_input.clear()  # every module has been seen: sharing is settled
-        self.stat[key], self.count[key] = self.accumulate(self.stat.get(key), x, self.count[key], *ref)
+        extra = {"weight": self.lone[name].weight} if name in self.lone else {}
+        self.stat[key], self.count[key] = self.accumulate(self.stat.get(key), x, self.count[key], *ref, **extra)
 
 
 def check_finite(model: nn.Module, names, method: str) -> None:
@@ -117,7 +121,8 @@ def calibrate_layerwise(model: nn.Module, ids: torch.Tensor, device, todo: dict[
             members = {n: m for n, m in group if f"{prefix}.{n}" in todo}
             if not members:
                 continue
-            bank = SharedInputs(len(members), accumulate)
+            bank = SharedInputs(len(members), accumulate,
+                                lone={n: m for n, m in members.items() if n in OUTPUT_LINEAR.values()})
             # In true-sequential order everything upstream of o_proj / down_proj is final when
             # they are observed, so their inputs are too: keep them, and attention's and the
             # MLP's outputs later cost one matmul each (OUTPUT_LINEAR).

@@ -38,6 +38,7 @@ ap.add_argument("--eval", default=None)
 ap.add_argument("--scale-dtype", choices=("float16", "float32"), default=None)
 ap.add_argument("--block-size", type=int, default=128)
 ap.add_argument("--gptaq-alpha", type=float, default=0.0)
+ap.add_argument("--gptaq-damp", type=float, default=None, help="GPTAQ target dampening (default: the config's)")
 a = ap.parse_args()
 t_start = time.perf_counter()
 ids = torch.load(a.ids)
@@ -45,7 +46,8 @@ model, tok, _ = load_model(a.model_dir, dtype="float32")
 sym, g = not a.asym, int(a.group_size)
 if a.method == "gptq":
     stage = GPTQConfig(bits=4, group_size=g, sym=sym, act_order=True, damp=0.01, block_size=a.block_size,
-                       gptaq_alpha=a.gptaq_alpha)  # defaults: mse observer, bf16 forwards
+                       gptaq_alpha=a.gptaq_alpha,
+                       **({} if a.gptaq_damp is None else {"gptaq_damp": a.gptaq_damp}))  # defaults: mse observer, bf16 forwards
 else:
     stage = RTNConfig(bits=4, group_size=g, sym=sym)
 t0 = time.perf_counter()

@@ -479,6 +479,80 @@ def test_gptaq_lowers_the_full_precision_output_error(args):
     assert (res.weight[W == 0] == 0).all()
 
 
+def test_gptaq_target_dampening_is_its_own_ridge():
+    """``target_damp`` regularizes only the shifted target: quantizing that target with plain
+    GPTQ at the column loop's dampening gives the same weights."""
+    W, X, Xq, H, D = asymmetric_problem()
+    args = QuantArgs(4, 64, True)
+    for t in (0.3, 1.0):
+        target = asymmetric_target(W, H, D, 0.5, t)
+        want = gptq_quantize(target, H, args, damp=0.01)
+        got = gptq_quantize(W, H, args, damp=0.01, D=D, alpha=0.5, target_damp=t)
+        assert torch.equal(got.weight, want.weight) and got.damp == 0.01
+    # equal dampenings share the column loop's inverse: the same target up to rounding
+    from llmcompress.methods.gptq.gptq import inverse_hessian_cholesky, shift_target
+    _, inv, _ = inverse_hessian_cholesky(H, 0.01, with_inverse=True)
+    torch.testing.assert_close(shift_target(W, D, inv, 0.5), asymmetric_target(W, H, D, 0.5, 0.01), rtol=1e-4, atol=1e-4)
+    # a stronger ridge pulls the target towards W (a smaller shift)
+    shift = lambda t: (asymmetric_target(W, H, D, 0.5, t) - W).norm()  # noqa: E731
+    assert shift(1.0) < shift(0.1) < shift(0.01)
+    assert not torch.equal(gptq_quantize(W, H, args, D=D, alpha=0.5, target_damp=1.0).weight,
+                           gptq_quantize(W, H, args, D=D, alpha=0.5).weight)
+    with pytest.raises(ConfigError, match="gptaq_damp"):
+        GPTQConfig(gptaq_alpha=0.5, gptaq_damp=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gptaq_projected_statistic_is_w_times_d(dtype):
+    """For a module with its own input and rows < cols / 2 (down_proj), GPTAQ keeps ``P = W D``
+    instead of ``D``; it must equal the product, and narrower-than-wide modules keep ``D``."""
+    from llmcompress.methods.gptq.gptq import accumulate_gptaq
+
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(6, 30, 96, generator=g) * torch.rand(96, generator=g) * 3).to(dtype)
+    ref = (x.float() + 0.3 * torch.randn(x.shape, generator=g)).to(dtype)
+    W = torch.randn(40, 96, generator=g).to(dtype)  # 2 * 40 < 96
+    state, n, pair, m = None, 0, None, 0
+    for a, b in zip(x.split(2), ref.split(2)):
+        state, n = accumulate_gptaq(state, a, n, b, weight=W)
+        pair, m = accumulate_hessian_pair(pair, a, m, b)
+    H, D, P = state
+    assert D is None and n == m == 180 and torch.equal(H, pair[0])
+    exact = W.double() @ (2 * (ref - x).reshape(-1, 96).double().T @ x.reshape(-1, 96).double() / n)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: W (ref - x) and each batch's product rounded
+    assert (P.double() - exact).abs().max() <= tol * exact.abs().max()
+    # a module with as many rows as half its columns or more keeps D (cheaper there)
+    (H2, D2, P2), _ = accumulate_gptaq(None, x[:2], 0, ref[:2], weight=torch.randn(48, 96).to(dtype))
+    assert P2 is None and D2 is not None
+    # GPTQ from P equals GPTQ from D (the target only ever uses W D)
+    args = QuantArgs(4, 32, True)
+    Wf = W.float()
+    a = gptq_quantize(Wf, H, args, act_order=True, D=pair[1], alpha=0.5)
+    b = gptq_quantize(Wf, H, args, act_order=True, WD=Wf @ pair[1], alpha=0.5)
+    torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=1e-6 + 1e-3 * a.scale.max().item())
+
+
+def test_gptaq_engine_projects_down_proj_only(tiny_model_dir):
+    """In the engine down_proj (256 x 768 in the tiny model) gets ``P``; the rest get ``D``."""
+    from llmcompress import load_model
+    from llmcompress.methods import layerwise
+    from llmcompress.methods.gptq.gptq import accumulate_gptaq
+
+    model, _, _ = load_model(str(tiny_model_dir))
+    ids = reference_ids(model.config.vocab_size)[:, :32].repeat(4, 1)
+    kinds = {}
+
+    def update(full, modules, weights, stat, opt):
+        H, D, P = stat
+        kinds[full[0].split(".")[-1]] = "P" if P is not None else "D"
+        if P is not None:
+            assert P.shape == weights[0].shape
+
+    todo = {n: None for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "layers" in n}
+    layerwise.calibrate_layerwise(model, ids, "cpu", todo, accumulate_gptaq, update, batch_size=2, reference=True)
+    assert kinds == {"q_proj": "D", "o_proj": "D", "gate_proj": "D", "down_proj": "P"}
+
+
 def test_engine_hands_gptaq_the_unmodified_models_inputs(tiny_model_dir):
     """Reference inputs are exactly what an untouched copy of the model feeds each module."""
     import copy

@@ -11,7 +11,7 @@ from ..layerwise import calibrate_layerwise, check_finite
 from ..quant.record import QuantRecord, set_record
 from ..quant.select import plan
 from .config import GPTQConfig
-from .gptq import accumulate_hessian, accumulate_hessian_pair, gptq_quantize
+from .gptq import accumulate_gptaq, accumulate_hessian, gptq_quantize
 
 
 @register_method("gptq", GPTQConfig)
@@ -23,11 +23,12 @@ def apply_gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context):
     reference = cfg.gptaq_alpha > 0  # GPTAQ: the engine also carries the full-precision model's inputs
 
     def update(names, modules, weights, stat, args):
-        H, D = stat if reference else (stat, None)
+        H, D, WD = stat if reference else (stat, None, None)
         # Rows are independent given H: modules sharing an input are quantized as one stack.
         res = gptq_quantize(torch.cat(weights), H, args, block_size=cfg.block_size, damp=cfg.damp,
                             act_order=cfg.act_order, observer=cfg.observer, dtype=weights[0].dtype,
-                            scale_dtype=ctx.scale_dtype, name=names[0], D=D, alpha=cfg.gptaq_alpha)
+                            scale_dtype=ctx.scale_dtype, name=names[0], D=D, WD=WD, alpha=cfg.gptaq_alpha,
+                            target_damp=cfg.gptaq_damp)
         row = 0
         for module, w in zip(modules, weights):
             r = w.shape[0]
@@ -38,7 +39,7 @@ def apply_gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context):
         return {"loss": res.loss, "damp": res.damp}
 
     stats = calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, todo,
-                                accumulate_hessian_pair if reference else accumulate_hessian, update,
+                                accumulate_gptaq if reference else accumulate_hessian, update,
                                 calibration_dtype=cfg.calibration_dtype, true_sequential=cfg.true_sequential,
                                 batch_size=cfg.batch_size, desc="gptq", stream=ctx.layer_stream, reference=reference)
     stats["skipped_layers"] = skipped

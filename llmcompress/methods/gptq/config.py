@@ -36,9 +36,18 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
     block_size: int = field(default=128, metadata={"help": "columns per lazy-update block"})
     gptaq_alpha: float = field(default=0.0, metadata={"help": "GPTAQ asymmetric calibration (Li et al., 2025): fit the quantized layer to the full-precision model's outputs, not only to its own inputs; 0 = plain GPTQ, 1 = the full asymmetric target (doubles calibration forwards and stored hidden states)"})
 
+    # GPTAQ's target W + alpha W D (H + lambda I)^-1 is a ridge regression. The column loop's 1%
+    # under-regularizes it: nearly singular Hessians (Qwen2.5's early o_proj) amplify D's noise.
+    # Chosen on selection text, never the evaluation texts (calibration windows left unused and
+    # python_code; 0.01 / 0.1 / 1 / 3 tried): 0.1 beat 0.01 on both texts of SmolLM2-135M and of
+    # Qwen2.5-Coder-0.5B (BENCHMARKS.md, GPTQ summary).
+    gptaq_damp: float | None = field(default=0.1, metadata={"help": "dampening of GPTAQ's shifted target (its least-squares solve), fraction of the mean Hessian diagonal; null: the same as damp"})
+
     def __post_init__(self):
         super().__post_init__()
         check_range("damp", self.damp, 0, 1, lo_open=True)
+        if self.gptaq_damp is not None:
+            check_range("gptaq_damp", self.gptaq_damp, 0, 10, lo_open=True)
         check_range("block_size", self.block_size, 1)
         check_range("gptaq_alpha", self.gptaq_alpha, 0, 1)
         self.check_layerwise_options()
