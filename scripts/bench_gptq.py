@@ -134,7 +134,8 @@ def main():
         "and in float16 / bfloat16 checkpoints; these float32 checkpoints keep float32 scales in compressed-tensors) "
         "and, asymmetric, a 4-bit zero point."
         + (" GPTAQ rows: the same GPTQ fitted to the full-precision model's layer outputs "
-           "(asymmetric calibration, Li et al. 2025; alpha blends it with plain GPTQ's objective)." if args.gptaq else "")
+           "(asymmetric calibration, Li et al. 2025; alpha blends it with plain GPTQ's objective; the target's "
+           "own dampening `gptaq_damp` at its default, 0.1)." if args.gptaq else "")
         + "\n\n"
         "| model | method | ppl wiki_eval | ppl python_docs | quantize (s) | peak RSS (MB) | size on disk (MB) |\n"
         "|---|---|---|---|---|---|---|\n")
