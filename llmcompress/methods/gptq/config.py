@@ -39,8 +39,8 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
     # GPTAQ's target W + alpha W D (H + lambda I)^-1 is a ridge regression. The column loop's 1%
     # under-regularizes it: nearly singular Hessians (Qwen2.5's early o_proj) amplify D's noise.
     # Chosen on selection text, never the evaluation texts (calibration windows left unused and
-    # python_code; 0.01 / 0.1 / 1 / 3 tried): 0.1 beat 0.01 on both texts of SmolLM2-135M and of
-    # Qwen2.5-Coder-0.5B (BENCHMARKS.md, GPTQ summary).
+    # python_code; 0.01 / 0.1 / 1 / 3 tried): 0.1 beat 0.01 on both texts of Qwen2.5-Coder-0.5B and
+    # on SmolLM2-135M's code (its Wikipedia windows: a tie within rounding noise; BENCHMARKS.md).
     gptaq_damp: float | None = field(default=0.1, metadata={"help": "dampening of GPTAQ's shifted target (its least-squares solve), fraction of the mean Hessian diagonal; null: the same as damp"})
 
     def __post_init__(self):
