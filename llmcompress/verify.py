@@ -48,20 +48,34 @@ def reload_logits(model_dir: str | Path, ids: torch.Tensor, env: dict | None = N
 
 
 @torch.no_grad()
-def check_reload(model, model_dir: str | Path, atol: float = 1e-4) -> float:
+def check_reload(model, model_dir: str | Path, atol: float = 1e-4, attempts: int = 3) -> float:
     """Compare in-memory logits with a fresh-process reload; returns the max abs difference.
 
+    A file that is wrong gives the same wrong logits every time, but on some CPUs a float32
+    forward does not always repeat itself: plain transformers, run twice on the same ids in one
+    process, has differed by 1e-4 of the logits' scale on SmolLM2-135M here (rarely, with no
+    llmcompress in the process). So a mismatch is measured again, both sides, up to
+    ``attempts`` times, and only one that repeats fails the check.
+
     Raises:
-        VerificationError: when the difference exceeds ``atol`` times the logits' scale.
+        VerificationError: when every attempt differs by more than ``atol`` times the logits' scale.
     """
     ids = reference_ids(model.config.vocab_size)
-    ref = model(ids.to(model_device(model))).logits.float().cpu()
-    got = reload_logits(model_dir, ids)
-    diff = (ref - got).abs().max().item()
-    bound = atol * max(1.0, ref.abs().max().item())
-    if not diff <= bound:
-        raise VerificationError(
-            f"the saved model in '{model_dir}' gives different logits from the in-memory model "
-            f"(max abs difference {diff:.3g} > {bound:.3g}); the output was not kept")
-    logger.info("reload check: max |logit difference| = %.3g", diff)
-    return diff
+    seen = []
+    for attempt in range(attempts):
+        ref = model(ids.to(model_device(model))).logits.float().cpu()
+        got = reload_logits(model_dir, ids)
+        diff = (ref - got).abs().max().item()
+        bound = atol * max(1.0, ref.abs().max().item())
+        if diff <= bound:
+            if attempt:
+                logger.warning("reload check passed on attempt %d (earlier differences %s, bound %.3g): "
+                               "this machine's float32 forward does not always repeat itself",
+                               attempt + 1, ", ".join(f"{d:.3g}" for d in seen), bound)
+            logger.info("reload check: max |logit difference| = %.3g", diff)
+            return diff
+        seen.append(diff)
+    raise VerificationError(
+        f"the saved model in '{model_dir}' gives different logits from the in-memory model "
+        f"(max abs difference {', '.join(f'{d:.3g}' for d in seen)} in {attempts} attempts > {bound:.3g}); "
+        "the output was not kept")

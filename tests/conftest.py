@@ -104,3 +104,38 @@ def read_tensors(folder: Path) -> dict:
     for f in sorted(Path(folder).glob("*.safetensors")):
         out.update(load_file(f))
     return out
+
+
+def _numerics_state() -> dict:
+    """Process-wide settings that change what a float32 forward computes. A test that leaves one
+    changed makes a later test's in-memory logits differ from a fresh process's reload."""
+    mk = torch.backends.mkldnn
+    state = {
+        "num_threads": torch.get_num_threads(),
+        "default_dtype": torch.get_default_dtype(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "grad_enabled": torch.is_grad_enabled(),
+        "mkldnn_enabled": mk.enabled,
+        "cuda_matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cuda_bf16_reduction": torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+        "cuda_fp16_reduction": torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
+    }
+    for name, obj in (("fp32", torch.backends), ("mkldnn", mk), ("mkldnn_matmul", getattr(mk, "matmul", None)),
+                      ("cuda_matmul", torch.backends.cuda.matmul)):
+        if obj is not None and hasattr(obj, "fp32_precision"):
+            state[f"{name}.fp32_precision"] = obj.fp32_precision
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE"):
+        state[var] = os.environ.get(var)
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_numerics():
+    """Fail the test that leaks a global numerics setting (threads, matmul precision, default
+    dtype, grad mode), instead of a later test whose reload check it breaks."""
+    before = _numerics_state()
+    yield
+    after = _numerics_state()
+    changed = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
+    assert not changed, f"the test left global torch settings changed (before, after): {changed}"
