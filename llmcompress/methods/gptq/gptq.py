@@ -259,7 +259,7 @@ def asymmetric_target(W: torch.Tensor, H: torch.Tensor, D: torch.Tensor, alpha: 
 
     Solved with one Cholesky factorization (no inverse). When the target's dampening equals the
     column loop's, GPTQ and SparseGPT instead reuse the inverse their loop factorizes anyway
-    (:func:`inverse_hessian_cholesky` with ``with_inverse``, then :func:`shift_target`).
+    (:func:`inverse_hessian_cholesky` with ``with_inverse``).
     """
     return W + alpha * _ridge_solve(W @ D, H, damp, name)
 
@@ -300,11 +300,6 @@ def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_t
 
     out, damp_used = _dampened(H, damp, name, inverse_factor, max_tries)
     return (*out, damp_used) if with_inverse else (out, damp_used)
-
-
-def shift_target(W: torch.Tensor, D: torch.Tensor, H_inv: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``W + alpha W D H^-1`` from an inverse already at hand (:func:`asymmetric_target`)."""
-    return W + alpha * ((W @ D) @ H_inv)
 
 
 @dataclass
@@ -476,13 +471,18 @@ def gptq_quantize(
     n_groups = cols // g
 
     dead = torch.diag(H) == 0
+    asym = (D is not None or WD is not None) and alpha > 0
+    if asym and WD is None:
+        # The target reproduces W ref: a dead column's weight still multiplies the full-precision
+        # input there, so W D takes W before dead columns are zeroed (as P = W D from the
+        # forward weight does), and the other columns make up for what the dead one loses.
+        WD = W @ D.detach().float()
     H[dead, dead] = 1
     W[:, dead] = 0
     keep_zero = W == 0
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
     if perm is not None:
         H = H[perm][:, perm]
-    asym = (D is not None or WD is not None) and alpha > 0
     # One factorization serves the column loop and, with GPTAQ, the shifted target (in the
     # permuted order: W_p D_p H_p^-1 is W D H^-1 with its columns permuted).
     # With its own dampening the target is a separate ridge solve (one more Cholesky, no inverse).
@@ -493,7 +493,7 @@ def gptq_quantize(
         U, damp_used = inverse_hessian_cholesky(H, damp, name)
     if asym:
         # In the permuted order W_p D_p is (W D) with its columns permuted.
-        WD = W @ D.detach().float() if WD is None else WD.detach().float()
+        WD = WD.detach().float()
         if perm is not None:
             WD = WD[:, perm]
         shift = _ridge_solve(WD, H, target_damp, name) if own_ridge else WD @ H_inv

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..gptq.gptq import inverse_hessian_cholesky, shift_target
+from ..gptq.gptq import inverse_hessian_cholesky
 
 
 @dataclass
@@ -79,13 +79,16 @@ def sparsegpt_prune(
     if nm is not None:
         block_size = max(nm[1], block_size // nm[1] * nm[1])
     dead = torch.diag(H) == 0
+    asym = D is not None and alpha > 0
+    # W D before dead columns are zeroed: the target reproduces W ref (see gptq_quantize)
+    WD = W @ D.detach().float() if asym else None
     H[dead, dead] = 1
     W[:, dead] = 0
-    if D is not None and alpha > 0:  # one factorization for the shifted target and the column loop
+    if asym:  # one factorization for the shifted target and the column loop
         U, H_inv, damp_used = inverse_hessian_cholesky(H, damp, name, with_inverse=True)
-        W = shift_target(W, D.detach().float(), H_inv, alpha)
+        W = W + alpha * (WD @ H_inv)
         W[:, dead] = 0
-        del H_inv
+        del H_inv, WD
     else:
         U, damp_used = inverse_hessian_cholesky(H, damp, name)
     del H
