@@ -374,3 +374,24 @@ def test_bf16_mixed_precision_returns_a_plain_float32_model(tiny_model_dir, toke
     with torch.no_grad():
         a, b = student(ids).logits, reloaded(ids).logits
     assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tiny_model_dir, tokenizer, tmp_path):
+    """``gradient_checkpointing: true`` recomputes activations in the backward pass: the same
+    weights as without it, and no deprecation warning from transformers' argument names."""
+    import warnings
+
+    ids = torch.randint(0, 512, (8, 32), generator=torch.Generator().manual_seed(0))
+    common = dict(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=2, batch_size=2,
+                  learning_rate=1e-3, top_k=0, mixed_precision="no")
+    plain = apply_distill(make_model(layers=1, seed=1), DistillConfig(**common), ctx_for(tokenizer, ids))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recomputed = apply_distill(make_model(layers=1, seed=1), DistillConfig(**common, gradient_checkpointing=True),
+                                   ctx_for(tokenizer, ids))
+    assert not [w for w in caught if "checkpointing" in str(w.message) and "deprecated" in str(w.message)]
+    a, b = final_weights(plain), final_weights(recomputed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+    assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"],
+                           make_model(layers=1, seed=1).state_dict()["model.layers.0.mlp.up_proj.weight"])

@@ -102,6 +102,18 @@ class DistillConfig(MethodConfig):
             check_vocab(config, teacher_cfg, self.teacher, _tokenizer_of(source), _tokenizer_of(teacher_src))
 
 
+def _checkpointing_arg() -> str:
+    """TrainingArguments' name for activation recomputation: ``activation_checkpointing`` where
+    transformers has it (5.24; ``gradient_checkpointing`` is there a deprecated alias that warns on
+    every run), else ``gradient_checkpointing`` (5.17)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def _tokenizer_of(source):
     """The tokenizer of a local model directory (no weights), or None when not readable cheaply."""
     if source is None or getattr(source, "path", None) is None or source.kind not in ("dir", "alias"):
@@ -236,11 +248,12 @@ def apply_distill(model, cfg: DistillConfig, ctx):
     # is removed after training so that runs do not leave empty folders behind.
     scratch = not cfg.checkpoint_dir
     out_dir = cfg.checkpoint_dir or tempfile.mkdtemp(prefix="llmcompress-distill-")
+    checkpointing = _checkpointing_arg()
     args = TrainingArguments(
         output_dir=out_dir, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
+        **{checkpointing: cfg.gradient_checkpointing}, logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=2,
         seed=cfg.seed, data_seed=cfg.seed, report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
         use_cpu=device.type == "cpu", disable_tqdm=False, **_precision(cfg, device))
