@@ -68,6 +68,9 @@ def main():
                     help="llmcompress rows to run (default all), by label, e.g. 'SparseGPT 50%%' 'SparseGPT 2:4, asymmetric (alpha 0.5)'")
     ap.add_argument("--no-magnitude", action="store_true", help="skip the magnitude rows (a probe of the calibrated methods)")
     ap.add_argument("--section", default="prune", help="BENCHMARKS.md section to write")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="calibration seeds: each calibrated row (ours and llm-compressor's) runs once per seed on "
+                         "that seed's windows, and the table adds each row's mean over the seeds")
     args = ap.parse_args()
     ours = OURS + (DTYPE_ROWS if args.dtype_rows else []) + gptaq_rows(args.gptaq)
     unknown = set(args.rows or ()) - {label for label, _ in ours}
@@ -78,9 +81,6 @@ def main():
     rows, cost, raw = [], [], {}
     for alias, n_samples in zip(args.models, args.samples + args.samples[-1:] * len(args.models)):
         model, tok, src = models.load(alias, dtype="float32")
-        ids = calibration_batches(tok, CalibrationConfig(num_samples=n_samples, seq_len=args.seq_len, seed=0))
-        ids_path = work / f"{alias}-ids.pt"
-        torch.save(ids, ids_path)
         windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=args.eval_tokens, seq_len=512)) for t in TEXTS}
         params = count_parameters(model)
         res = {"dense": {"ppl": ppl_by_text(model, windows), "params": params}}
@@ -96,23 +96,39 @@ def main():
             apply_prune(model, PruneConfig(pattern="2:4"))
             res["magnitude 2:4"] = {"ppl": ppl_by_text(model, windows), "params": params}
             del model
-        runs = [(f"llmcompress {label}", [this_python(), str(ROOT / "scripts/anchors/llmcompress_prune.py"),
-                                          json.dumps(stage), str(src.path), str(ids_path)])
-                for label, stage in ours if args.rows is None or label in args.rows]
-        if anchor and alias in args.anchor_models:
-            runs += [(f"llm-compressor {label}", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_prune.py"),
-                                                  method, str(src.path), str(ids_path), pattern])
-                     for label, method, pattern in ANCHORS if args.anchors is None or label in args.anchors]
-        elif not anchor:
+        if not anchor:
             print(f"llm-compressor venv not found at {args.anchor_venv}: run scripts/setup_anchor_venvs.sh")
-        for label, cmd in runs:
-            out = work / f"{alias}-{label.replace(' ', '_').replace(':', '').replace('%', '')}"
-            shutil.rmtree(out, ignore_errors=True)
-            print(f"[{alias}] {label} ...", flush=True)
-            info = run_child(cmd + [str(out)])
-            info.update(evaluate_dir(out, windows, dtype=torch.float32))
-            res[label] = info
-            shutil.rmtree(out, ignore_errors=True)
+        per_seed = {}
+        for seed in args.seeds:
+            # Every tool gets the same windows for a seed, in the same order.
+            ids = calibration_batches(tok, CalibrationConfig(num_samples=n_samples, seq_len=args.seq_len, seed=seed))
+            ids_path = work / f"{alias}-ids-{seed}.pt"
+            torch.save(ids, ids_path)
+            runs = [(f"llmcompress {label}", [this_python(), str(ROOT / "scripts/anchors/llmcompress_prune.py"),
+                                              json.dumps(stage), str(src.path), str(ids_path)])
+                    for label, stage in ours if args.rows is None or label in args.rows]
+            if anchor and alias in args.anchor_models:
+                runs += [(f"llm-compressor {label}", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_prune.py"),
+                                                      method, str(src.path), str(ids_path), pattern])
+                         for label, method, pattern in ANCHORS if args.anchors is None or label in args.anchors]
+            for label, cmd in runs:
+                key = label if len(args.seeds) == 1 else f"{label}, seed {seed}"
+                out = work / f"{alias}-{key.replace(' ', '_').replace(':', '').replace('%', '').replace(',', '')}"
+                shutil.rmtree(out, ignore_errors=True)
+                print(f"[{alias}] {key} ...", flush=True)
+                info = run_child(cmd + [str(out)])
+                info.update(evaluate_dir(out, windows, dtype=torch.float32))
+                res[key] = info
+                per_seed.setdefault(label, []).append(info)
+                shutil.rmtree(out, ignore_errors=True)
+                (work / "results.json").write_text(json.dumps({**raw, alias: res}, indent=2))
+        if len(args.seeds) > 1:
+            for label, infos in per_seed.items():
+                res[f"{label}, mean of {len(infos)} seeds"] = {
+                    "ppl": {t: sum(i["ppl"][t] for i in infos) / len(infos) for t in TEXTS},
+                    "params": infos[0]["params"],
+                    "prune_s": sum(i["prune_s"] for i in infos) / len(infos),
+                    "peak_rss_mb": max(i["peak_rss_mb"] for i in infos)}
         raw[alias] = {"samples": n_samples, **res}
         (work / "results.json").write_text(json.dumps(raw, indent=2))
         for label, info in res.items():
@@ -137,7 +153,9 @@ def main():
         + (f" ({', '.join(args.models)})" if args.section != "prune" else "") + "\n\n"
         f"`python scripts/bench_prune.py{' ' + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else ''}` (one run; "
         f"{machine()}). All Linear layers but lm_head. Calibration "
-        f"for the calibrated methods: random {args.seq_len}-token windows of the built-in `wiki_calib` text, seed 0, "
+        f"for the calibrated methods: random {args.seq_len}-token windows of the built-in `wiki_calib` text, "
+        f"seed{'s ' + ', '.join(map(str, args.seeds)) if len(args.seeds) > 1 else ' ' + str(args.seeds[0])}"
+        f"{' (a mean row averages a method over the seeds; its time is the mean, its memory the largest)' if len(args.seeds) > 1 else ''}, "
         f"the same token ids for llmcompress and llm-compressor ({samples} windows); llmcompress's calibration "
         "forwards run in bf16 (the default; "
         f"llm-compressor runs the float32 model as loaded). Perplexity on the first {args.eval_tokens} "

@@ -9,7 +9,7 @@ two selection texts that no benchmark reports:
 * ``python_code`` (the standard library's source: another domain; the benchmarks evaluate on
   ``python_docs`` prose).
 
-One run, one table, written to BENCHMARKS.md (section ``gptaq_damp``).
+One run, one table, written to BENCHMARKS.md (section ``gptaq_damp`` unless ``--section`` names another).
 
 Usage: python scripts/select_gptaq_damp.py [--models smollm2-135m qwen2.5-coder-0.5b] [--damps 0.01 0.1 1]
 """
@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--models", nargs="+", default=list(GROUP))
     ap.add_argument("--damps", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     ap.add_argument("--work", default=None)
+    ap.add_argument("--section", default="gptaq_damp",
+                    help="BENCHMARKS.md section to write (one per model set, so that a run for one model keeps the other's)")
     args = ap.parse_args()
     work = work_dir(args.work, "select_gptaq_damp_")
     quantize = [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py"), "gptq"]
@@ -82,7 +84,7 @@ def main():
           "| model | run | ppl wiki_calib (unused windows) | ppl python_code | quantize (s) |\n|---|---|---|---|---|\n"
           + "\n".join(rows) + "\n")
     print(md)
-    write_section("gptaq_damp", md)
+    write_section(args.section, md)
 
 
 if __name__ == "__main__":
