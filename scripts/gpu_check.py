@@ -1,6 +1,7 @@
 """GPU checks in one run (about 6-8 minutes on one H100/H200), results to JSON and stdout.
 
-1. CUDA path == CPU path for GPTQ on a tiny model (pytest).
+1. CUDA path == CPU path for GPTQ (plain and GPTAQ) on a tiny model, and low_memory on CUDA ==
+   the in-memory CUDA path (pytest -k cuda).
 2. GPTQ timing on one random-weight Llama (16 layers, hidden 2048, MLP 8192, bf16, 128 x 512
    tokens): llmcompress against llm-compressor, same model and tokens, each in its own
    process; per-layer time and peak GPU memory; llmcompress with GPTAQ (gptaq_alpha 0.5) too.
