@@ -235,8 +235,13 @@ def cpu_cuda_agreement(tiny_model_dir, **options):
 
     GPTQ's error feedback is chaotic at the level of single codes: a 1e-4 relative change
     of H (CPU and GPU round Cholesky and matmuls differently) flips ~6% of the codes while
-    the objective stays within 0.02%. So the paths are compared on what GPTQ optimises:
-    how far each quantized model's logits move from the original model's.
+    the objective stays within 0.02%. How far the quantized logits move from the original
+    model's scatters with those flips: on CPU alone, five 1e-5 relative perturbations of
+    this model's weights gave logit deviations of 16.4-17.4 (GPTQ) and 16.0-18.3 (GPTAQ,
+    alpha 0.5), while the summed per-layer objective stayed within 0.5%. So the paths are
+    compared on the objective, tightly, and on the logit deviation only loosely.
+
+    Returns ``{device: (logit deviation, summed per-layer GPTQ objective)}``.
     """
     from llmcompress import load_model
 
@@ -244,20 +249,23 @@ def cpu_cuda_agreement(tiny_model_dir, **options):
     original, _, _ = load_model(str(tiny_model_dir))
     with torch.no_grad():
         ref = original(ids).logits.float()
-    dev = {}
+    out = {}
     for device in ("cpu", "cuda"):
         res = compress(str(tiny_model_dir), gptq_recipe(calibration_dtype="float32", **options), evaluation=False,
                        device=device)
         with torch.no_grad():
-            dev[device] = (res.model(ids.to(device)).logits.float().cpu() - ref).norm().item()
-    return dev["cpu"], dev["cuda"]
+            dev = (res.model(ids.to(device)).logits.float().cpu() - ref).norm().item()
+        out[device] = (dev, sum(v["loss"] for v in res.notes["gptq"]["layers"].values()))
+    return out
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by scripts/gpu_check.py on a GPU box)")
 @pytest.mark.parametrize("options", [{}, {"gptaq_alpha": 0.5}])
 def test_cuda_path_equals_cpu_path(tiny_model_dir, options):
-    cpu, cuda = cpu_cuda_agreement(tiny_model_dir, **options)
-    assert abs(cpu - cuda) < 0.05 * cpu, (cpu, cuda)
+    res = cpu_cuda_agreement(tiny_model_dir, **options)
+    (dev_cpu, loss_cpu), (dev_cuda, loss_cuda) = res["cpu"], res["cuda"]
+    assert abs(loss_cpu - loss_cuda) < 0.02 * loss_cpu, res  # what GPTQ minimises: 4x the scatter seen on CPU
+    assert abs(dev_cpu - dev_cuda) < 0.2 * dev_cpu, res  # code flips scatter this by up to 14% on CPU alone
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -31,10 +31,14 @@ class QuantRecord:
 
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         """int8 codes of ``weight``, verified to dequantize back to it exactly."""
-        q = integers(weight, self.scale, self.zero, self.args)
+        # The grid stays where it was computed (the GPU) while the layer may have gone back to
+        # the CPU (offloaded or streamed layers): compute on the weight's device.
+        scale = self.scale.to(weight.device)
+        zero = self.zero.to(weight.device) if self.zero is not None else None
+        q = integers(weight, scale, zero, self.args)
         g = self.args.group_of(weight.shape[1])
-        back = dequantize(q, expand_groups(self.scale, g),
-                          expand_groups(self.zero, g) if self.zero is not None else None, weight.dtype)
+        back = dequantize(q, expand_groups(scale, g), expand_groups(zero, g) if zero is not None else None,
+                          weight.dtype)
         if not torch.equal(back, weight):
             bad = (back != weight).sum().item()
             raise RuntimeError(
