@@ -144,12 +144,71 @@ def _sparse(h1, h2) -> list[str]:
                     "claims no 2:4 speedup.", ""]
 
 
+def _rerun(h1, h3) -> list[str]:
+    """The latest H100 run (current code) beside the earlier one, section by section."""
+    o, n = h1["sections"], h3["sections"]
+    og, ng = o["gptq_16layer_2048_8192"]["result"], n["gptq_16layer_2048_8192"]["result"]
+    o8, n8 = o["gptq_llama3_8b_shape"]["result"], n["gptq_llama3_8b_shape"]["result"]
+    ow, nw = o["wanda_sparsegpt_16layer"]["result"], n["wanda_sparsegpt_16layer"]["result"]
+    od, nd = o["distill_cuda"]["result"], n["distill_cuda"]["result"]
+    ot, nt = o["global_threshold_8b_shape"]["result"], n["global_threshold_8b_shape"]["result"]
+    gq = ng.get("llmcompress_gptaq_0.5", {})
+
+    def tri(g):  # ours / theirs (ratio), our peak
+        return (f"{g['llmcompress']['gptq_s']} / {g['llm-compressor']['gptq_s']} "
+                f"(**{g['time_ratio_llmcompress_over_llmcompressor']}**), peak {g['llmcompress']['peak_gpu_mb']} MB")
+
+    def pr(v):
+        return (f"{v['llmcompress']['prune_s']} / {v['llm-compressor']['prune_s']} (**{v['time_ratio']}**), "
+                f"peak {v['llmcompress']['peak_gpu_mb']} / {v['llm-compressor']['peak_gpu_mb']} MB")
+
+    ce = n["cuda_equals_cpu"]["result"]
+    return [
+        f"### Re-run on the current code ({h3['device']}, {h3['date']})", "",
+        f"`{h3['command']}`, then a second call for the pruning section (its llm-compressor child had hit the "
+        "60 s timeout the budget left it; the timeout is now at least 150 s and our rows are saved before the "
+        "anchor runs). Raw numbers: `scripts/results/gpu_h100_2026-11-27.json`; the CUDA tests' log beside it. "
+        "Times in one row come from one run; between the two dates the same GPU kind ran llm-compressor up to "
+        "1.4x slower, so compare the ratios.", "",
+        f"| check | {h1['date']} (H100) | {h3['date']} (H100, current code) |", "|---|---|---|",
+        f"| GPTQ 16-layer 2048 / 8192: llmcompress / llm-compressor s (ratio) | {tri(og)} | {tri(ng)} |",
+        f"| the same with GPTAQ (alpha 0.5) | - | {gq.get('gptq_s', '-')} s, peak {gq.get('peak_gpu_mb', '-')} MB |",
+        f"| GPTQ Llama-3-8B shape, llmcompress alone | {o8['gptq_s']} s, peak {o8['peak_gpu_mb']} MB | "
+        f"{n8['gptq_s']} s, peak {n8['peak_gpu_mb']} MB |",
+        f"| Wanda 50%, 16-layer: ours / theirs s (ratio) | {pr(ow['wanda'])} | {pr(nw['wanda'])} |",
+        f"| SparseGPT 50%, 16-layer | {pr(ow['sparsegpt'])} | {pr(nw['sparsegpt'])} |",
+        f"| global threshold, 6.98B bf16 weights | {ot['count']['best_s']} s | {nt['count']['best_s']} s "
+        f"(exact: {nt['exact']}) |",
+        *[f"| distill on CUDA, {k} | {od[k]['seconds']} s, reload diff {od[k]['reload_max_abs_diff']:.1e} | "
+          f"{nd[k]['seconds']} s, reload diff {nd[k]['reload_max_abs_diff']:.1e} |" for k in nd],
+        f"| `pytest tests/unit/test_gptq.py -k cuda` | 2 passed | {ce['pytest_tail'][-1].strip()} |", "",
+        "The three CUDA test failures of this run (tests written for this machine, run on it for the first time) had two causes:",
+        "- `test_low_memory_on_cuda_matches_in_memory` (both alphas): writing a streamed layer failed with "
+        "'Expected all tensors to be on the same device': the layer's weights were back on the CPU while its "
+        "quantization record (scales, zero points) stayed on the GPU. Fixed: a record now computes its codes on "
+        "the weight's device (`methods/quant/record.py`). Not yet re-run on a GPU (the session's device time was "
+        "spent).",
+        "- `test_cuda_path_equals_cpu_path` with GPTAQ: logits moved 18.46 (CPU) against 17.16 (CUDA) from the "
+        "original, outside the test's 5% band. Not a defect of the CUDA path: on the CPU alone, five 1e-5 "
+        "relative perturbations of the tiny model's weights scatter that deviation over 16.0-18.3 for GPTAQ "
+        "(16.4-17.4 for GPTQ) while the summed GPTQ objective stays within 0.5%. The test now compares the "
+        "objective within 2% and the deviation within 20%; not yet re-run on a GPU.",
+        "",
+        "The engine's kept Linear inputs (bounded to a quarter of free memory, on the GPU when calibrating on "
+        "it) raised llmcompress's peak GPU memory since the earlier run (GPTQ 16-layer 2804 -> "
+        f"{ng['llmcompress']['peak_gpu_mb']} MB; Wanda 1195 -> {nw['wanda']['llmcompress']['peak_gpu_mb']} MB), "
+        "still far below the GPU's 80 GB; llm-compressor's peaks are lower.", ""]
+
+
 def main():
-    h1, h2 = _load("gpu_h100.json"), _load("gpu_h200.json")
+    h1, h2, h3 = _load("gpu_h100.json"), _load("gpu_h200.json"), _load("gpu_h100_2026-11-27.json")
     lines = [f"## GPU checks ({h1['device']}, torch {h1['torch']}, transformers {h1['transformers']}, triton "
-             f"{h1['triton']}, {h1['date']})", "",
-             f"`{h1['command']}`; later sections: `--only=...` runs named in the JSON; raw numbers in `scripts/results/gpu_h100.json` (and `gpu_h200.json` for the "
-             "earlier H200 run); rendered by `python scripts/gpu_report.py`.", ""]
+             f"{h1['triton']}; runs of {h1['date']} and {h3['date']})", "",
+             "Rendered by `python scripts/gpu_report.py` from the JSON files in `scripts/results/`.", ""]
+    lines += _rerun(h1, h3)
+    lines += ["### Earlier runs, in detail", "",
+              f"`{h1['command']}` ({h1['date']}); later sections: `--only=...` runs named in "
+              "`scripts/results/gpu_h100.json` (and `gpu_h200.json` for the earlier H200 run).", ""]
     lines += _gptq(h1, h2) + _kernels(h1) + _threshold(h1, h2) + _prune_distill(h1) + _sparse(h1, h2) + _bnb(h2)
     write_section("gpu", "\n".join(lines))
     print("\n".join(lines))
