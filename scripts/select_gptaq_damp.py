@@ -76,7 +76,7 @@ def main():
                         f"{info['quantize_s']:.0f} |")
             print(rows[-1], flush=True)
     cmd = shlex.join(["python", "scripts/select_gptaq_damp.py", *sys.argv[1:]])
-    md = (f"## GPTAQ target dampening, chosen on selection text\n\n`{cmd}` (one run; {machine()}). Symmetric int4, "
+    md = (f"## GPTAQ target dampening, chosen on selection text ({', '.join(args.models)})\n\n`{cmd}` (one run; {machine()}). Symmetric int4, "
           "act-order, calibration as in `bench_gptq.py` (random 512-token windows of `wiki_calib`, seed 0; "
           + ", ".join(f"{m}: {SAMPLES[m]} windows, group {GROUP[m]}" for m in args.models)
           + "). Perplexity on 16 `wiki_calib` windows that no calibration window overlaps and on 8192 tokens "
