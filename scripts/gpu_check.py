@@ -405,7 +405,7 @@ def prune_16layer():
         ours["sparsity"] = round(sum(int((w == 0).sum()) for w in lin) / sum(w.numel() for w in lin), 4)
         del model
         out[name] = {"llmcompress": ours}
-        RESULTS["wanda_sparsegpt_16layer_partial"] = out  # kept if the anchor below runs out of time
+        RESULTS["wanda_sparsegpt_16layer"] = {"partial": out}  # on disk if the run dies; replaced when done
         save()
         try:
             proc = subprocess.run([sys.executable, "-c", LC_PRUNE_CHILD, str(mdir), "/tmp/rand16_ids.pt", name],

@@ -237,9 +237,10 @@ def cpu_cuda_agreement(tiny_model_dir, **options):
     of H (CPU and GPU round Cholesky and matmuls differently) flips ~6% of the codes while
     the objective stays within 0.02%. How far the quantized logits move from the original
     model's scatters with those flips: on CPU alone, five 1e-5 relative perturbations of
-    this model's weights gave logit deviations of 16.4-17.4 (GPTQ) and 16.0-18.3 (GPTAQ,
-    alpha 0.5), while the summed per-layer objective stayed within 0.5%. So the paths are
-    compared on the objective, tightly, and on the logit deviation only loosely.
+    this model's weights gave logit deviations of 16.4-18.5 (GPTQ) and 15.3-18.9 (GPTAQ,
+    alpha 0.5), while the summed per-layer objective stayed within 0.4%
+    (scripts/gptq_flip_scatter.py). So the paths are compared on the objective, tightly, and
+    on the logit deviation only loosely.
 
     Returns ``{device: (logit deviation, summed per-layer GPTQ objective)}``.
     """
@@ -264,8 +265,8 @@ def cpu_cuda_agreement(tiny_model_dir, **options):
 def test_cuda_path_equals_cpu_path(tiny_model_dir, options):
     res = cpu_cuda_agreement(tiny_model_dir, **options)
     (dev_cpu, loss_cpu), (dev_cuda, loss_cuda) = res["cpu"], res["cuda"]
-    assert abs(loss_cpu - loss_cuda) < 0.02 * loss_cpu, res  # what GPTQ minimises: 4x the scatter seen on CPU
-    assert abs(dev_cpu - dev_cuda) < 0.2 * dev_cpu, res  # code flips scatter this by up to 14% on CPU alone
+    assert abs(loss_cpu - loss_cuda) < 0.02 * loss_cpu, res  # what GPTQ minimises: 5x the scatter seen on CPU
+    assert abs(dev_cpu - dev_cuda) < 0.35 * dev_cpu, res  # code flips scatter this by up to 23% on CPU alone
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
