@@ -38,6 +38,7 @@ VARIANTS = [
     ("minmax scales (no clipping search)", {"observer": "minmax"}, "wiki_calib"),
     ("minmax scales, no act-order", {"observer": "minmax", "act_order": False}, "wiki_calib"),
     ("group 64", {"group_size": 64}, "wiki_calib"),
+    ("GPTAQ (gptaq_alpha 0.5, gptaq_damp 0.1)", {"gptaq_alpha": 0.5}, "wiki_calib"),
     ("calibration forwards in float32 (not bfloat16)", {"calibration_dtype": "float32"}, "wiki_calib"),
     ("calibrated on python_code", {}, "python_code"),
     (f"calibrated on {BLEND}", {}, BLEND),
@@ -54,7 +55,7 @@ def main():
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--samples", type=int, default=64, help="calibration windows of 512 tokens")
     ap.add_argument("--group", type=int, default=128)
-    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--section", default="gptq_ablation")
     args = ap.parse_args()
     base_model, tok, src = models.load(args.model, dtype="float32")
@@ -101,9 +102,11 @@ def render(args, res):
         rows.append(f"| {label} | {cells[0]} | {cells[1]} | {bits} | {secs} |")
     table = (
         f"## GPTQ settings one at a time ({args.model})\n\n"
-        f"`python scripts/bench_gptq_ablation.py --model {args.model} --samples {args.samples} --group {args.group}` "
+        f"`python scripts/bench_gptq_ablation.py --model {args.model} --samples {args.samples} --group {args.group} "
+        f"--eval-tokens {args.eval_tokens}` "
         f"(one run; {machine()}). Base: symmetric int4, group {args.group}, act-order with static groups, MSE "
-        f"clipping search, dampening 0.01, true-sequential, bfloat16 calibration forwards, {args.samples} "
+        f"clipping search, dampening 0.01, true-sequential, bfloat16 calibration forwards (float32 Hessian "
+        f"products), plain GPTQ (no GPTAQ), {args.samples} "
         "random 512-token windows of `wiki_calib` (seed 0); each GPTQ row changes what its name says "
         f"(`{BLEND}`: half the windows from each text, seed 0). Bits / weight: codes, 16-bit scales (what "
         "a float16 / bfloat16 checkpoint stores) and zero points per weight (bnb: codes, absmax and double-quant "
