@@ -1,8 +1,8 @@
 """Running under ``accelerate launch`` / ``torchrun``: one process per device.
 
 llmcompress has no distributed code of its own: transformers' ``Trainer`` (through accelerate)
-does the data-parallel training (DDP / FSDP, as ``accelerate config`` says). What the
-pipeline itself must do differently with several processes is small:
+does the data-parallel training (DDP). What the pipeline itself must do differently with
+several processes is small:
 
 - each process works on its own device (``cuda:LOCAL_RANK``);
 - work whose result is shared on disk (the teacher's logit cache) is done by the main process
@@ -37,6 +37,28 @@ def local_device() -> torch.device:
     if world_size() > 1:
         return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     return torch.device("cuda")
+
+
+# accelerate's launcher says through these variables that it will shard the model across processes.
+SHARDING_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def check_launch() -> None:
+    """Refuse launches that shard the student's parameters (FSDP, DeepSpeed), before any work.
+
+    After such a training run each process holds only its shard; the main process alone would
+    then evaluate and write the model, and a forward pass of a sharded model needs every process
+    (it would wait forever) while a save would write one shard. Gathering the full weights back
+    is not implemented, so the run is refused instead of hanging after the training.
+    """
+    from .errors import ConfigError
+
+    for var, name in SHARDING_LAUNCHES.items():
+        if os.environ.get(var, "false").lower() in ("true", "1"):
+            raise ConfigError(
+                f"this launch uses {name} ({var}=true), which shards the model across processes; llmcompress "
+                "cannot yet gather a sharded student to evaluate and write it. Launch data-parallel instead: "
+                "`accelerate launch --multi_gpu` (DDP) or `torchrun`, with a model that fits on one GPU", "launcher")
 
 
 def _state():

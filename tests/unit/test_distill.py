@@ -212,6 +212,20 @@ def test_empty_training_text(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharding_launch_is_refused_before_any_work(tiny_model_dir, tmp_path, monkeypatch, var):
+    """Under FSDP / DeepSpeed each process would end holding a shard of the student, which the main
+    process alone cannot evaluate or write: refused before the teacher's cache is built."""
+    monkeypatch.setenv(var, "true")
+    recipe = Recipe(stages=[DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=2,
+                                          top_k=8, cache_dir=str(tmp_path / "cache"))],
+                    name="d", calibration=CalibrationConfig(num_samples=4, seq_len=16))
+    with pytest.raises(ConfigError, match="shards the model") as err:
+        compress(str(tiny_model_dir), recipe, tmp_path / "out", evaluation=False)
+    assert "--multi_gpu" in str(err.value) and err.value.key == "launcher"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_distilled_student_saves_and_reloads(tiny_model_dir, tokenizer, tmp_path):
     student = tmp_path / "student"
     make_model(layers=1, seed=3).save_pretrained(student)
