@@ -39,6 +39,7 @@ VARIANTS = [
     ("minmax scales, no act-order", {"observer": "minmax", "act_order": False}, "wiki_calib"),
     ("group 64", {"group_size": 64}, "wiki_calib"),
     ("GPTAQ (gptaq_alpha 0.5, gptaq_damp 0.1)", {"gptaq_alpha": 0.5}, "wiki_calib"),
+    ("GPTAQ, no act-order", {"gptaq_alpha": 0.5, "act_order": False}, "wiki_calib"),
     ("calibration forwards in float32 (not bfloat16)", {"calibration_dtype": "float32"}, "wiki_calib"),
     ("calibrated on python_code", {}, "python_code"),
     (f"calibrated on {BLEND}", {}, BLEND),
@@ -57,6 +58,8 @@ def main():
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--section", default="gptq_ablation")
+    ap.add_argument("--only", default="", help="comma-separated label beginnings: run only the GPTQ rows whose label starts with one "
+                    "(and the base row), without the RTN / nf4 references")
     args = ap.parse_args()
     base_model, tok, src = models.load(args.model, dtype="float32")
     windows = {t: evaluation_windows(tok, EvaluationConfig(source=t, max_tokens=args.eval_tokens, seq_len=512))
@@ -76,13 +79,17 @@ def main():
         res[label] = {"ppl": ppl_by_text(model, windows, label), "seconds": seconds, "bits": bits}
         print(label, res[label], flush=True)
 
-    for g in sorted({args.group, 64}, reverse=True):
+    only = [w.strip() for w in args.only.split(",") if w.strip()]
+    variants = [v for v in VARIANTS if not only or v[0] == VARIANTS[0][0] or any(v[0].startswith(w) for w in only)]
+    for g in sorted({args.group, 64}, reverse=True) if not only else ():
         run(f"RTN group {g}", RTNConfig(bits=4, group_size=g), "wiki_calib")
-    for g in sorted({args.group, 64}, reverse=True):
+    for g in sorted({args.group, 64}, reverse=True) if not only else ():
         run(f"RTN group {g}, asymmetric", RTNConfig(bits=4, group_size=g, sym=False), "wiki_calib")
-    # nf4: 4-bit codes, an 8-bit absmax per block of 64, a float32 constant per 256 blocks.
-    res["bnb nf4 (blocks of 64, double quant)"] = {"ppl": nf4_ppl(src.path, windows), "bits": 4 + 8 / 64 + 32 / (64 * 256)}
-    for label, options, source in VARIANTS:
+    if not only:
+        # nf4: 4-bit codes, an 8-bit absmax per block of 64, a float32 constant per 256 blocks.
+        res["bnb nf4 (blocks of 64, double quant)"] = {"ppl": nf4_ppl(src.path, windows),
+                                                      "bits": 4 + 8 / 64 + 32 / (64 * 256)}
+    for label, options, source in variants:
         if options == {"group_size": args.group}:
             continue  # the base row already
         stage = GPTQConfig(**{"bits": 4, "group_size": args.group, "act_order": True, "damp": 0.01,
@@ -103,7 +110,7 @@ def render(args, res):
     table = (
         f"## GPTQ settings one at a time ({args.model})\n\n"
         f"`python scripts/bench_gptq_ablation.py --model {args.model} --samples {args.samples} --group {args.group} "
-        f"--eval-tokens {args.eval_tokens}` "
+        f"--eval-tokens {args.eval_tokens}" + (f' --only "{args.only}"' if args.only else "") + "` "
         f"(one run; {machine()}). Base: symmetric int4, group {args.group}, act-order with static groups, MSE "
         f"clipping search, dampening 0.01, true-sequential, bfloat16 calibration forwards (float32 Hessian "
         f"products), plain GPTQ (no GPTAQ), {args.samples} "
