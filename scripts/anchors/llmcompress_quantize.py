@@ -2,7 +2,7 @@
 Prints one JSON line. Used by bench_gptq.py.
 
 Usage: python llmcompress_quantize.py METHOD MODEL_DIR IDS.pt GROUP_SIZE OUT_DIR [--asym] [--eval WINDOWS.pt]
-       [--scale-dtype float32] [--block-size 64] [--gptaq-alpha 0.5]
+       [--scale-dtype float32] [--block-size 64] [--gptaq-alpha 0.5] [--no-act-order] [--observer minmax]
 
 ``--asym``: a zero point per group, written in the GPTQ v1 format (float16 scales; quantization
 rounds the scales to float16 from the start unless ``--scale-dtype float32`` keeps them in float32
@@ -39,15 +39,17 @@ ap.add_argument("--scale-dtype", choices=("float16", "float32"), default=None)
 ap.add_argument("--block-size", type=int, default=128)
 ap.add_argument("--gptaq-alpha", type=float, default=0.0)
 ap.add_argument("--gptaq-damp", type=float, default=None, help="GPTAQ target dampening (default: the config's)")
+ap.add_argument("--no-act-order", action="store_true", help="columns in their own order (groups fitted as reached)")
+ap.add_argument("--observer", choices=("mse", "minmax"), default="mse")
 a = ap.parse_args()
 t_start = time.perf_counter()
 ids = torch.load(a.ids)
 model, tok, _ = load_model(a.model_dir, dtype="float32")
 sym, g = not a.asym, int(a.group_size)
 if a.method == "gptq":
-    stage = GPTQConfig(bits=4, group_size=g, sym=sym, act_order=True, damp=0.01, block_size=a.block_size,
-                       gptaq_alpha=a.gptaq_alpha,
-                       **({} if a.gptaq_damp is None else {"gptaq_damp": a.gptaq_damp}))  # defaults: mse observer, bf16 forwards
+    stage = GPTQConfig(bits=4, group_size=g, sym=sym, act_order=not a.no_act_order, observer=a.observer, damp=0.01,
+                       block_size=a.block_size, gptaq_alpha=a.gptaq_alpha,
+                       **({} if a.gptaq_damp is None else {"gptaq_damp": a.gptaq_damp}))  # default: bf16 forwards
 else:
     stage = RTNConfig(bits=4, group_size=g, sym=sym)
 t0 = time.perf_counter()
