@@ -13,6 +13,7 @@ from llmcompress.methods.gptq.gptq import (HessianError, accumulate_hessian, acc
 from llmcompress.methods.quant.grid import QuantArgs, fake_quantize, group_qparams
 from llmcompress.methods.quant.record import QuantRecord, quantized_modules
 from llmcompress.verify import reference_ids, reload_logits
+from tests.conftest import assert_reload_equal
 
 from ..conftest import VOCAB, read_tensors
 
@@ -99,9 +100,7 @@ def test_gptq_model_roundtrip(tiny_model_dir, tmp_path, kw):
     res = compress(str(tiny_model_dir), gptq_recipe(**kw), tmp_path / "q", evaluation=False, verify=False)
     assert len(quantized_modules(res.model)) == 14
     ids = reference_ids(res.model.config.vocab_size)
-    with torch.no_grad():
-        ref = res.model(ids).logits
-    torch.testing.assert_close(reload_logits(tmp_path / "q", ids), ref, rtol=0, atol=0)
+    assert_reload_equal(res.model, tmp_path / "q", ids)
     # q/k/v share one Hessian and are quantized together; so are gate/up
     layers = res.notes["gptq"]["layers"]
     if kw.get("true_sequential", True):
