@@ -46,18 +46,13 @@ def unused_windows(tok, n_samples: int, seq_len: int, count: int = 16) -> torch.
     return torch.stack(out[::-1])
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--models", nargs="+", default=list(GROUP))
-    ap.add_argument("--damps", nargs="+", type=float, default=[0.01, 0.1, 1.0])
-    ap.add_argument("--work", default=None)
-    ap.add_argument("--section", default="gptaq_damp",
-                    help="BENCHMARKS.md section to write (one per model set, so that a run for one model keeps the other's)")
-    args = ap.parse_args()
-    work = work_dir(args.work, "select_gptaq_damp_")
+def run_selection(models_: list[str], runs: list[tuple[str, list[str]]], work) -> list[str]:
+    """Quantize each model once per ``(label, options of llmcompress_quantize.py)`` (symmetric int4,
+    act-order unless the options say otherwise, calibrated as ``bench_gptq.py`` does) and measure the
+    two selection texts; one table row per run."""
     quantize = [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py"), "gptq"]
     rows = []
-    for alias in args.models:
+    for alias in models_:
         _, tok, src = models.load(alias)
         n = SAMPLES[alias]
         ids = calibration_batches(tok, CalibrationConfig(source="wiki_calib", num_samples=n, seq_len=512, seed=0))
@@ -65,8 +60,6 @@ def main():
         windows = {"wiki_calib (unused windows)": unused_windows(tok, n, 512),
                    "python_code": evaluation_windows(tok, EvaluationConfig(source="python_code", max_tokens=8192, seq_len=512))}
         torch.save(windows, work / "windows.pt")
-        runs = [("plain GPTQ", ["--gptaq-alpha", "0"])]
-        runs += [(f"GPTAQ 0.5, gptaq_damp {d:g}", ["--gptaq-alpha", "0.5", "--gptaq-damp", str(d)]) for d in args.damps]
         for label, opts in runs:
             print(f"[{alias}] {label} ...", flush=True)
             info = run_child(quantize + [str(src.path), str(work / "ids.pt"), str(GROUP[alias]), str(work / "out"),
@@ -75,14 +68,34 @@ def main():
             rows.append(f"| {alias} | {label} | {p['wiki_calib (unused windows)']:.3f} | {p['python_code']:.3f} | "
                         f"{info['quantize_s']:.0f} |")
             print(rows[-1], flush=True)
-    cmd = shlex.join(["python", "scripts/select_gptaq_damp.py", *sys.argv[1:]])
-    md = (f"## GPTAQ target dampening, chosen on selection text ({', '.join(args.models)})\n\n`{cmd}` (one run; {machine()}). Symmetric int4, "
-          "act-order, calibration as in `bench_gptq.py` (random 512-token windows of `wiki_calib`, seed 0; "
-          + ", ".join(f"{m}: {SAMPLES[m]} windows, group {GROUP[m]}" for m in args.models)
-          + "). Perplexity on 16 `wiki_calib` windows that no calibration window overlaps and on 8192 tokens "
-          "of `python_code`; neither text appears in any other table.\n\n"
-          "| model | run | ppl wiki_calib (unused windows) | ppl python_code | quantize (s) |\n|---|---|---|---|---|\n"
-          + "\n".join(rows) + "\n")
+    return rows
+
+
+def selection_table(title: str, script: str, setting: str, models_: list[str], rows: list[str]) -> str:
+    """The markdown of one selection run: the command, the setting, the calibration and the rows."""
+    cmd = shlex.join(["python", f"scripts/{script}", *sys.argv[1:]])
+    return (f"## {title} ({', '.join(models_)})\n\n`{cmd}` (one run; {machine()}). {setting}, calibration as in "
+            "`bench_gptq.py` (random 512-token windows of `wiki_calib`, seed 0; "
+            + ", ".join(f"{m}: {SAMPLES[m]} windows, group {GROUP[m]}" for m in models_)
+            + "). Perplexity on 16 `wiki_calib` windows that no calibration window overlaps and on 8192 tokens "
+            "of `python_code`; neither text appears in any benchmark table.\n\n"
+            "| model | run | ppl wiki_calib (unused windows) | ppl python_code | quantize (s) |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", nargs="+", default=list(GROUP))
+    ap.add_argument("--damps", nargs="+", type=float, default=[0.01, 0.1, 1.0])
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--section", default="gptaq_damp",
+                    help="BENCHMARKS.md section to write (one per model set, so that a run for one model keeps the other's)")
+    args = ap.parse_args()
+    runs = [("plain GPTQ", ["--gptaq-alpha", "0"])]
+    runs += [(f"GPTAQ 0.5, gptaq_damp {d:g}", ["--gptaq-alpha", "0.5", "--gptaq-damp", str(d)]) for d in args.damps]
+    rows = run_selection(args.models, runs, work_dir(args.work, "select_gptaq_damp_"))
+    md = selection_table("GPTAQ target dampening, chosen on selection text", "select_gptaq_damp.py",
+                         "Symmetric int4, act-order", args.models, rows)
     print(md)
     write_section(args.section, md)
 

@@ -139,21 +139,3 @@ def _no_leaked_numerics():
     after = _numerics_state()
     changed = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
     assert not changed, f"the test left global torch settings changed (before, after): {changed}"
-
-
-@torch.no_grad()
-def assert_reload_equal(model, model_dir, ids, attempts: int = 3) -> None:
-    """Logits of ``model_dir`` reloaded by plain transformers in a fresh process equal ``model``'s, exactly.
-
-    On this CPU a float32 forward does not always repeat itself to the last bit (plain
-    transformers, twice on the same ids in one process, has differed by ~1e-5; see
-    ``llmcompress.verify.check_reload``). A wrong file gives the same wrong logits every time, so
-    a mismatch is measured again, both sides, and only one that repeats ``attempts`` times fails.
-    """
-    from llmcompress.verify import reload_logits
-
-    for attempt in range(attempts):
-        got, ref = reload_logits(model_dir, ids), model(ids).logits
-        if torch.equal(got, ref) or attempt == attempts - 1:
-            torch.testing.assert_close(got, ref, rtol=0, atol=0)
-            return
