@@ -48,14 +48,15 @@ def reload_logits(model_dir: str | Path, ids: torch.Tensor, env: dict | None = N
 
 
 @torch.no_grad()
-def check_reload(model, model_dir: str | Path, atol: float = 1e-4, attempts: int = 3) -> float:
+def check_reload(model, model_dir: str | Path, atol: float = 1e-4, attempts: int = 3, env: dict | None = None) -> float:
     """Compare in-memory logits with a fresh-process reload; returns the max abs difference.
 
     A file that is wrong gives the same wrong logits every time, but on some CPUs a float32
     forward does not always repeat itself: plain transformers, run twice on the same ids in one
     process, has differed by 1e-4 of the logits' scale on SmolLM2-135M here (rarely, with no
     llmcompress in the process). So a mismatch is measured again, both sides, up to
-    ``attempts`` times, and only one that repeats fails the check.
+    ``attempts`` times, and only one that repeats fails the check. ``env`` is passed to the
+    fresh process (for example ``HF_HOME`` when ``model_dir`` is a hub repo id).
 
     Raises:
         VerificationError: when every attempt differs by more than ``atol`` times the logits' scale.
@@ -64,7 +65,7 @@ def check_reload(model, model_dir: str | Path, atol: float = 1e-4, attempts: int
     seen = []
     for attempt in range(attempts):
         ref = model(ids.to(model_device(model))).logits.float().cpu()
-        got = reload_logits(model_dir, ids)
+        got = reload_logits(model_dir, ids, env=env)
         diff = (ref - got).abs().max().item()
         bound = atol * max(1.0, ref.abs().max().item())
         if diff <= bound:

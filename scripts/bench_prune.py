@@ -24,6 +24,7 @@ from _bench import ROOT, evaluate_dir, machine, ppl_by_text, python_of, run_chil
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
 from llmcompress.methods.prune import PruneConfig, apply_prune
+from llmcompress.methods.wanda import WandaConfig
 from llmcompress.modeling import count_parameters
 
 TEXTS = ("wiki_eval", "python_docs")
@@ -36,6 +37,14 @@ OURS = [("Wanda 50%", {"method": "wanda", "sparsity": 0.5}),
 # to show what the default costs or saves.
 DTYPE_ROWS = [("Wanda 2:4, float32 forwards", {"method": "wanda", "pattern": "2:4", "calibration_dtype": "float32"}),
               ("SparseGPT 2:4, float32 forwards", {"method": "sparsegpt", "pattern": "2:4", "calibration_dtype": "float32"})]
+# --owl-rows: OWL's per-decoder-layer sparsities for the calibrated pruners (settings from
+# select_owl.py, the config defaults), at 50% and at 70%, where the paper finds its largest gains.
+OWL_ROWS = [("Wanda 50%, OWL", {"method": "wanda", "sparsity": 0.5, "allocation": "owl"}),
+            ("SparseGPT 50%, OWL", {"method": "sparsegpt", "sparsity": 0.5, "allocation": "owl"}),
+            ("Wanda 70%", {"method": "wanda", "sparsity": 0.7}),
+            ("Wanda 70%, OWL", {"method": "wanda", "sparsity": 0.7, "allocation": "owl"})]
+
+
 def gptaq_rows(alphas):
     """SparseGPT fitted to the full-precision model's outputs (``gptaq_alpha``), 50% and 2:4."""
     return [(f"SparseGPT {label}, asymmetric (alpha {a:g})", {"method": "sparsegpt", **opt, "gptaq_alpha": a})
@@ -54,6 +63,7 @@ def main():
     ap.add_argument("--eval-tokens", type=int, default=2048, help="evaluation tokens per text (512-token windows)")
     ap.add_argument("--sparsity", type=float, default=0.5, help="magnitude pruning sparsity")
     ap.add_argument("--dtype-rows", action="store_true", help="also the 2:4 runs with the other calibration dtype")
+    ap.add_argument("--owl-rows", action="store_true", help="also Wanda and SparseGPT with OWL allocation, and Wanda at 70%%")
     ap.add_argument("--gptaq", nargs="*", type=float, default=[],
                     help="also SparseGPT 50%% and 2:4 with asymmetric calibration (gptaq_alpha) at these alphas")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
@@ -72,7 +82,7 @@ def main():
                     help="calibration seeds: each calibrated row (ours and llm-compressor's) runs once per seed on "
                          "that seed's windows, and the table adds each row's mean over the seeds")
     args = ap.parse_args()
-    ours = OURS + (DTYPE_ROWS if args.dtype_rows else []) + gptaq_rows(args.gptaq)
+    ours = OURS + (DTYPE_ROWS if args.dtype_rows else []) + (OWL_ROWS if args.owl_rows else []) + gptaq_rows(args.gptaq)
     unknown = set(args.rows or ()) - {label for label, _ in ours}
     if unknown:
         ap.error(f"--rows: no such row {sorted(unknown)}; rows: {[label for label, _ in ours]}")
@@ -148,6 +158,7 @@ def main():
             cost.append(f"| {alias} | speedup of {tool} | {timing['torch']['seconds'] / timing[tool]['seconds']:.1f}x | | | "
                         f"same count: {timing[tool]['zeros'] == timing['torch']['zeros']} |")
     samples = ", ".join(f"{m}: {n}" for m, n in zip(args.models, args.samples + args.samples[-1:] * len(args.models)))
+    mag_owl, cal_owl = PruneConfig(scope="owl"), WandaConfig(allocation="owl")
     table = (
         "## Pruning: magnitude, Wanda, SparseGPT, 2:4 and structured, beside llm-compressor"
         + (f" ({', '.join(args.models)})" if args.section != "prune" else "") + "\n\n"
@@ -163,7 +174,10 @@ def main():
         "every output evaluated by the same code in float32. Prune time and peak RSS are measured inside each "
         "tool's own child process (model load excluded from the time, included in the memory); '-' for the "
         "in-process magnitude runs. `owl`: per-decoder-layer sparsities from the share of outlier weights "
-        "(OWL; |w| above 10x its matrix's mean, sparsities within 0.5 +- 0.08).\n\n"
+        f"(OWL; |w| above {mag_owl.owl_threshold:g}x its matrix's mean, sparsities within {args.sparsity:g} +- "
+        f"{mag_owl.owl_lambda:g})" + (f"; `OWL` rows of Wanda and SparseGPT: the same from Wanda's |w| ||x|| on the "
+        f"unpruned model, above {cal_owl.owl_threshold:g}x the mean, within +- {cal_owl.owl_lambda:g}"
+        if args.owl_rows else "") + ".\n\n"
         "| model | method | ppl wiki_eval | ppl python_docs | parameters | prune (s) | peak RSS (MB) |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n" + (
         "\nGlobal threshold and masking, each tool in its own process (fp32 model; peak RSS includes the "

@@ -34,4 +34,4 @@ prune_s = time.perf_counter() - t0
 export.save(model, tok, out_dir, overwrite=True)
 print(json.dumps({"prune_s": prune_s, "process_s": time.perf_counter() - t_start,
                   "peak_rss_mb": status_mb("VmHWM"),
-                  "notes": {k: v for k, v in ctx.notes.items() if k == "prune_structured"}}))
+                  "notes": {k: v for k, v in ctx.notes.items() if k in ("prune_structured", "owl")}}))

@@ -15,7 +15,7 @@ from llmcompress.data import EvaluationConfig
 from llmcompress.errors import ConfigError
 from llmcompress.hub import HubError, push
 from llmcompress.methods.rtn import RTNConfig
-from llmcompress.verify import reference_ids, reload_logits
+from llmcompress.verify import check_reload, reference_ids, reload_logits
 
 from ..conftest import read_tensors
 
@@ -49,10 +49,7 @@ def test_round_trip_through_hub(hub, quantized, tmp_path, caplog):
 
     # safetensors went through the LFS protocol (batch, PUT, verify) and downloads through the CDN.
     assert any(p.startswith("/lfs-upload/") for _, p in hub.requests)
-    ids = reference_ids(res.model.config.vocab_size)
-    got = reload_logits("llmco/tiny-int4", ids, env={"HF_HOME": str(tmp_path / "fresh-cache")})
-    ref = res.model(ids).logits.float()
-    assert (ref - got).abs().max().item() < 1e-4
+    assert check_reload(res.model, "llmco/tiny-int4", atol=0, env={"HF_HOME": str(tmp_path / "fresh-cache")}) == 0
     assert any(p.startswith("/lfs/") for _, p in hub.requests), "weights must come from the LFS CDN"
 
     card_text = hub.repos["llmco/tiny-int4"].head("main").files["README.md"].content.decode()
@@ -138,9 +135,7 @@ def test_dropped_connection_then_retry(hub, quantized, tmp_path):
 
     result = push(out, "llmco/flaky")  # LFS objects are already there: only the commit is sent again
     assert result.changed and len(hub.commits("llmco/flaky")) == 2
-    ids = reference_ids(res.model.config.vocab_size)
-    got = reload_logits("llmco/flaky", ids, env={"HF_HOME": str(tmp_path / "fresh")})
-    assert (res.model(ids).logits.float() - got).abs().max().item() < 1e-4
+    assert check_reload(res.model, "llmco/flaky", atol=0, env={"HF_HOME": str(tmp_path / "fresh")}) == 0
 
 
 def test_run_pushes_with_the_cli(hub, tiny_model_dir, tmp_path, capsys):

@@ -31,7 +31,7 @@ from ...config import check_choice
 from ...errors import ConfigError
 from ...modeling import decoder_layer_prefix
 from ...registry import register_method
-from .config import SparsityConfig
+from .config import OWLOptions, SparsityConfig
 from .masks import layer_mask, nm_mask, row_mask
 from .owl import outlier_ratio, owl_sparsities
 from .threshold import prune_in_place, prune_replacing
@@ -41,24 +41,19 @@ SCOPES = ("layer", "row", "global", "global_normalized", "owl")
 
 
 @dataclass
-class PruneConfig(SparsityConfig):
+class PruneConfig(SparsityConfig, OWLOptions):
     """Magnitude pruning (see module docstring)."""
 
     scope: str = field(default="layer", metadata={"help": "layer | row | global | global_normalized | owl"})
+    # |w| alone has fewer extreme entries than Wanda's |w| * ||x||: magnitude OWL counts above 10x.
     owl_threshold: float = field(default=10.0, metadata={"help": "owl: a weight is an outlier above this many times its matrix's mean |w|"})
-    owl_lambda: float = field(default=0.08, metadata={"help": "owl: largest difference between a decoder layer's sparsity and 'sparsity'"})
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("scope", self.scope, SCOPES)
         if self.scope == "owl":
-            if self.owl_threshold <= 0:
-                raise ConfigError(f"'owl_threshold' must be > 0; got {self.owl_threshold}", "owl_threshold")
-            room = min(self.sparsity, 1 - self.sparsity)
-            if not 0 <= self.owl_lambda < room or (self.owl_lambda == 0 and room == 0):
-                raise ConfigError(f"'owl_lambda' must be in [0, {room:g}) so that every layer's sparsity stays in "
-                                  f"[0, 1) around sparsity {self.sparsity}; got {self.owl_lambda}", "owl_lambda")
-        if self.pattern and (self.scope.startswith("global") or self.scope == "owl"):
+            self.check_owl(self.sparsity, self.pattern, "scope", "owl")
+        if self.pattern and self.scope.startswith("global"):
             raise ConfigError(f"pattern {self.pattern} fixes the sparsity of every group of inputs; "
                               f"it cannot be combined with scope {self.scope}: use scope layer", "scope")
 
@@ -112,15 +107,25 @@ def _prune_layer(w: torch.Tensor, sparsity: float) -> None:
         w.masked_fill_(layer_mask(w.abs(), sparsity), 0)
 
 
-def _owl(model, layers: dict, cfg: PruneConfig) -> dict[str, float]:
-    """Sparsity of every selected Linear from its decoder layer's outlier ratio (OWL)."""
-    prefix = decoder_layer_prefix(model)
+def decoder_layer_groups(model, names) -> dict[int, list[str]]:
+    """Decoder layer index -> the given module names inside it (names outside every decoder layer are left out)."""
+    prefix = decoder_layer_prefix(model) + "."
     groups: dict[int, list[str]] = {}
-    for name in layers:
-        if name.startswith(prefix + "."):
-            groups.setdefault(int(name[len(prefix) + 1 :].split(".")[0]), []).append(name)
-    order = sorted(groups)
-    ratios = [outlier_ratio([layers[n].weight for n in groups[i]], cfg.owl_threshold) for i in order]
-    sparsities = owl_sparsities(ratios, cfg.sparsity, cfg.owl_lambda)
+    for name in names:
+        if name.startswith(prefix):
+            groups.setdefault(int(name[len(prefix) :].split(".")[0]), []).append(name)
+    return dict(sorted(groups.items()))
+
+
+def owl_allocation(groups: dict[int, list[str]], ratios: list[float], sparsity: float, lam: float) -> dict[str, float]:
+    """Module name -> sparsity, from each decoder layer's outlier ratio (``ratios`` in ``groups``' order)."""
+    sparsities = owl_sparsities(ratios, sparsity, lam)
     logger.info("OWL layer sparsities: %s", ", ".join(f"{s:.3f}" for s in sparsities))
-    return {n: s for i, s in zip(order, sparsities) for n in groups[i]}
+    return {n: s for names, s in zip(groups.values(), sparsities) for n in names}
+
+
+def _owl(model, layers: dict, cfg: PruneConfig) -> dict[str, float]:
+    """Sparsity of every selected Linear from its decoder layer's share of outlier magnitudes (OWL)."""
+    groups = decoder_layer_groups(model, layers)
+    ratios = [outlier_ratio([layers[n].weight for n in names], cfg.owl_threshold) for names in groups.values()]
+    return owl_allocation(groups, ratios, cfg.sparsity, cfg.owl_lambda)

@@ -5,10 +5,43 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ...config import check_choice
 from ...errors import ConfigError
 from ...modeling import DEFAULT_IGNORE, linear_layers
 from ...registry import MethodConfig
 from .masks import parse_pattern
+
+
+@dataclass
+class OWLOptions:
+    """Options of the outlier-weighted layer-wise allocation (OWL, :mod:`.owl`)."""
+
+    owl_threshold: float = field(default=5.0, metadata={"help": "owl: a weight is an outlier when its score exceeds this many times its matrix's mean score"})
+    owl_lambda: float = field(default=0.08, metadata={"help": "owl: largest difference between a decoder layer's sparsity and 'sparsity'"})
+
+    def check_owl(self, sparsity: float, pattern: str | None, key: str, value: str) -> None:
+        """Errors for OWL options that cannot work; ``key: value`` is the option that turned OWL on."""
+        if pattern:
+            raise ConfigError(f"pattern {pattern} fixes the sparsity of every group of inputs; it cannot be "
+                              f"combined with {key} {value} (a sparsity per decoder layer): drop one of them", key)
+        if self.owl_threshold <= 0:
+            raise ConfigError(f"'owl_threshold' must be > 0; got {self.owl_threshold}", "owl_threshold")
+        room = min(sparsity, 1 - sparsity)
+        if not 0 <= self.owl_lambda < room or (self.owl_lambda == 0 and room == 0):
+            raise ConfigError(f"'owl_lambda' must be in [0, {room:g}) so that every layer's sparsity stays in "
+                              f"[0, 1) around sparsity {sparsity}; got {self.owl_lambda}", "owl_lambda")
+
+
+@dataclass
+class CalibratedAllocation(OWLOptions):
+    """How the sparsity is split across decoder layers, for the calibrated pruners (Wanda, SparseGPT)."""
+
+    allocation: str = field(default="uniform", metadata={"help": "uniform (every layer at 'sparsity') | owl (a sparsity per decoder layer from its share of outlier Wanda scores)"})
+
+    def check_allocation(self) -> None:
+        check_choice("allocation", self.allocation, ("uniform", "owl"))
+        if self.allocation == "owl":
+            self.check_owl(self.sparsity, self.pattern, "allocation", "owl")
 
 
 @dataclass

@@ -7,8 +7,9 @@ score exceeds ``M`` times the mean score of their matrix (the layer-wise outlier
 distribution, LOD), the layer keeps a density rescaled linearly into ``[1 - S - lambda,
 1 - S + lambda]`` by ``D_l`` and shifted so that the mean over layers is exactly ``1 - S``.
 
-The paper scores weights with Wanda's ``|W| * ||X||``; this implementation serves
-magnitude pruning, which has no activations, so the score is ``|W|``. Pure tensor code.
+The paper scores weights with Wanda's ``|W| * ||X||`` on the unpruned model's activations;
+Wanda and SparseGPT do the same here (``allocation: owl``, one extra calibration pass), and
+magnitude pruning (``scope: owl``), which has no activations, scores ``|W|``. Pure tensor code.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from typing import Sequence
 import torch
 
 
+def outlier_count(score: torch.Tensor, m: float) -> tuple[int, int]:
+    """(outliers, entries) of one matrix: entries whose magnitude exceeds ``m`` times the mean magnitude."""
+    a = score.detach().abs().float()
+    return int((a > m * a.mean()).sum()), a.numel()
+
+
 def outlier_ratio(weights: Sequence[torch.Tensor], m: float) -> float:
-    """Fraction of the weights whose magnitude exceeds ``m`` times their matrix's mean magnitude."""
-    outliers = total = 0
-    for w in weights:
-        a = w.detach().abs().float()
-        outliers += int((a > m * a.mean()).sum())
-        total += a.numel()
-    return outliers / max(total, 1)
+    """Fraction of the entries (weights or scores) above ``m`` times their own matrix's mean magnitude."""
+    counts = [outlier_count(w, m) for w in weights]
+    return sum(c for c, _ in counts) / max(sum(n for _, n in counts), 1)
 
 
 def owl_sparsities(ratios: Sequence[float], sparsity: float, lam: float) -> list[float]:

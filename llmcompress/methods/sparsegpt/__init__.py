@@ -6,6 +6,7 @@ Recipe::
       sparsity: 0.5          # or pattern: "2:4"
       damp: 0.01
       gptaq_alpha: 0.0       # > 0: fit the full-precision model's outputs (asymmetric calibration)
+      allocation: uniform    # uniform | owl: a sparsity per decoder layer (see methods.wanda)
     calibration: {source: wiki_calib, num_samples: 128, seq_len: 512}
 
 Calibrated layer by layer through the same engine and Hessians as GPTQ; a following
@@ -24,12 +25,14 @@ from ...registry import register_method
 from ..gptq.gptq import accumulate_hessian, accumulate_hessian_pair
 from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import per_layer_sparsity
+from ..prune.config import CalibratedAllocation
+from ..wanda import owl_sparsity
 from ..prune.config import SparsityConfig
 from .sparsegpt import sparsegpt_prune
 
 
 @dataclass
-class SparseGPTConfig(LayerwiseOptions, SparsityConfig):
+class SparseGPTConfig(LayerwiseOptions, SparsityConfig, CalibratedAllocation):
     """SparseGPT (see module docstring)."""
 
     NEEDS_CALIBRATION: ClassVar[bool] = True
@@ -48,6 +51,7 @@ class SparseGPTConfig(LayerwiseOptions, SparsityConfig):
         check_range("damp", self.damp, 0, 1, lo_open=True)
         check_range("block_size", self.block_size, 1)
         check_range("gptaq_alpha", self.gptaq_alpha, 0, 1)
+        self.check_allocation()
         self.check_layerwise_options()
 
 
@@ -56,6 +60,7 @@ class SparseGPTConfig(LayerwiseOptions, SparsityConfig):
 def apply_sparsegpt(model, cfg: SparseGPTConfig, ctx):
     layers = cfg.select(model)
     check_finite(model, layers, "SparseGPT")
+    sparsity = owl_sparsity(model, layers, cfg, ctx)  # {} unless allocation: owl
 
     reference = cfg.gptaq_alpha > 0  # the engine also carries the full-precision model's inputs
 
@@ -63,7 +68,8 @@ def apply_sparsegpt(model, cfg: SparseGPTConfig, ctx):
         H, D = stat if reference else (stat, None)
         # Modules sharing an input are pruned as one stack (rows are independent given H),
         # with each one's mask chosen on its own rows.
-        res = sparsegpt_prune(torch.cat(weights), H, sparsity=cfg.sparsity, nm=cfg.nm,
+        # modules pruned together share an input, so a decoder layer, so an OWL sparsity
+        res = sparsegpt_prune(torch.cat(weights), H, sparsity=sparsity.get(names[0], cfg.sparsity), nm=cfg.nm,
                               row_splits=[w.shape[0] for w in weights], block_size=cfg.block_size,
                               damp=cfg.damp, name=names[0], D=D, alpha=cfg.gptaq_alpha)
         row = 0

@@ -10,11 +10,17 @@ best comparison group), or within the layer, or within N:M groups. No weight upd
 pass of statistics per layer, through the shared layer-sequential calibration engine, so
 each layer is pruned on inputs that already carry the earlier layers' pruning.
 
+``allocation: owl`` gives each decoder layer its own sparsity first (OWL, Yin et al., ICML 2024;
+:mod:`llmcompress.methods.prune.owl`): one extra calibration pass scores the unpruned model with
+Wanda's score and counts each layer's outliers; layers with more keep more weights, the mean
+sparsity stays ``sparsity``. SparseGPT takes the same option (:func:`owl_sparsity`).
+
 Recipe::
 
     - method: wanda
       sparsity: 0.5          # or pattern: "2:4"
       scope: row             # row | layer
+      allocation: uniform    # uniform | owl (owl_threshold, owl_lambda)
     calibration: {source: wiki_calib, num_samples: 128, seq_len: 512}
 """
 
@@ -28,13 +34,13 @@ import torch
 from ...config import check_choice
 from ...registry import register_method
 from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
-from ..prune.apply import per_layer_sparsity
-from ..prune.config import SparsityConfig
+from ..prune.apply import decoder_layer_groups, owl_allocation, per_layer_sparsity
+from ..prune.config import CalibratedAllocation, SparsityConfig
 from ..prune.masks import layer_mask, nm_mask, row_mask
-
+from ..prune.owl import outlier_count
 
 @dataclass
-class WandaConfig(LayerwiseOptions, SparsityConfig):
+class WandaConfig(LayerwiseOptions, SparsityConfig, CalibratedAllocation):
     """Wanda (see module docstring)."""
 
     NEEDS_CALIBRATION: ClassVar[bool] = True
@@ -44,6 +50,7 @@ class WandaConfig(LayerwiseOptions, SparsityConfig):
     def __post_init__(self):
         super().__post_init__()
         check_choice("scope", self.scope, ("row", "layer"))
+        self.check_allocation()
         self.check_layerwise_options()
 
 
@@ -60,19 +67,49 @@ def wanda_scores(weight: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
     return weight.abs().float() * sq_norms.sqrt().unsqueeze(0)
 
 
+@torch.no_grad()
+def owl_sparsity(model, layers: dict, cfg, ctx) -> dict[str, float]:
+    """Module name -> sparsity under ``cfg.allocation`` (an empty dict for uniform).
+
+    OWL's layer-wise outlier distribution is measured on the unpruned model, as in the paper
+    (Yin et al., 2024, Sec. 3.2): one pass of the calibration engine that only collects Wanda's
+    column norms and counts, in every Linear, the scores above ``owl_threshold`` times their
+    matrix's mean. The pruning pass that follows then runs on inputs that carry earlier layers'
+    pruning, as without OWL.
+    """
+    if cfg.allocation != "owl":
+        return {}
+    counts: dict[str, tuple[int, int]] = {}
+
+    def count(names, modules, weights, sq_norms, _):
+        for name, w in zip(names, weights):
+            counts[name] = outlier_count(wanda_scores(w, sq_norms), cfg.owl_threshold)
+        return None  # weights untouched: the next layer sees the unpruned model's outputs
+
+    # One pass per layer suffices (nothing changes between groups).
+    calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, {n: None for n in layers}, accumulate_sq_norms,
+                        count, calibration_dtype=cfg.calibration_dtype, true_sequential=False,
+                        batch_size=cfg.batch_size, desc="owl outliers")
+    groups = decoder_layer_groups(model, layers)
+    ratios = [sum(counts[n][0] for n in names) / sum(counts[n][1] for n in names) for names in groups.values()]
+    ctx.notes["owl"] = {"outlier_ratio": ratios, "threshold": cfg.owl_threshold, "lambda": cfg.owl_lambda}
+    return owl_allocation(groups, ratios, cfg.sparsity, cfg.owl_lambda)
+
+
 @register_method("wanda", WandaConfig)
 @torch.no_grad()
 def apply_wanda(model, cfg: WandaConfig, ctx):
     layers = cfg.select(model)
     check_finite(model, layers, "Wanda")
+    sparsity = owl_sparsity(model, layers, cfg, ctx)
 
     def update(names, modules, weights, sq_norms, _):
-        for w in weights:
+        for name, w in zip(names, weights):
             score = wanda_scores(w, sq_norms)
             if cfg.nm:
                 mask = nm_mask(score, *cfg.nm)
             else:
-                mask = (row_mask if cfg.scope == "row" else layer_mask)(score, cfg.sparsity)
+                mask = (row_mask if cfg.scope == "row" else layer_mask)(score, sparsity.get(name, cfg.sparsity))
             w.masked_fill_(mask, 0)
         return None
 
