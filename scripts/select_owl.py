@@ -45,7 +45,7 @@ def main():
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--magnitude-grid", nargs="+", default=["5:0.04", "5:0.08", "10:0.04", "10:0.08", "20:0.08"],
                     help="M:lambda candidates for magnitude OWL")
-    ap.add_argument("--wanda-grid", nargs="+", default=["3:0.04", "3:0.08", "5:0.04", "5:0.08", "7:0.08", "10:0.08"],
+    ap.add_argument("--wanda-grid", nargs="+", default=["3:0.04", "3:0.08", "5:0.04", "5:0.08", "5:0.12", "7:0.08", "10:0.08"],
                     help="M:lambda candidates for Wanda OWL")
     ap.add_argument("--work", default=None)
     ap.add_argument("--section", default="owl_select")
@@ -95,7 +95,7 @@ def main():
     rows = []
     for alias in args.models:
         d = ppl[(alias, "dense", None, None)]
-        rows.append(f"| {alias} | dense | - | {d[TEXTS[0]]:.2f} | {d[TEXTS[1]]:.2f} | - | - |")
+        rows.append(f"| {alias} | dense | {d[TEXTS[0]]:.2f} | {d[TEXTS[1]]:.2f} | - | - |")
         for method, grid in grids.items():
             for owl in [None] + grid:
                 p = ppl[(alias, method, *(owl or (None, None)))]
