@@ -28,6 +28,7 @@ from llmcompress.methods.wanda import WandaConfig
 from llmcompress.modeling import count_parameters
 
 TEXTS = ("wiki_eval", "python_docs")
+SCOPES_50 = ("layer", "global", "global_normalized", "owl")  # magnitude scopes, at --sparsity
 OURS = [("Wanda 50%", {"method": "wanda", "sparsity": 0.5}),
         ("SparseGPT 50%", {"method": "sparsegpt", "sparsity": 0.5}),
         ("Wanda 2:4", {"method": "wanda", "pattern": "2:4"}),
@@ -77,6 +78,8 @@ def main():
     ap.add_argument("--rows", nargs="*", default=None,
                     help="llmcompress rows to run (default all), by label, e.g. 'SparseGPT 50%%' 'SparseGPT 2:4, asymmetric (alpha 0.5)'")
     ap.add_argument("--no-magnitude", action="store_true", help="skip the magnitude rows (a probe of the calibrated methods)")
+    ap.add_argument("--magnitude-scopes", nargs="+", default=list(SCOPES_50) + ["2:4"],
+                    help="magnitude rows to run: scopes at --sparsity, and 2:4")
     ap.add_argument("--section", default="prune", help="BENCHMARKS.md section to write")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="calibration seeds: each calibrated row (ours and llm-compressor's) runs once per seed on "
@@ -95,13 +98,13 @@ def main():
         params = count_parameters(model)
         res = {"dense": {"ppl": ppl_by_text(model, windows), "params": params}}
         del model
-        for scope in () if args.no_magnitude else ("layer", "global", "global_normalized", "owl"):
+        for scope in () if args.no_magnitude else [s for s in SCOPES_50 if s in args.magnitude_scopes]:
             model, _, _ = models.load(src, dtype="float32")
             apply_prune(model, PruneConfig(sparsity=args.sparsity, scope=scope))
             res[f"magnitude {args.sparsity:.0%}, {scope}"] = {"ppl": ppl_by_text(model, windows), "params": params}
             del model
             gc.collect()
-        if not args.no_magnitude:
+        if not args.no_magnitude and "2:4" in args.magnitude_scopes:
             model, _, _ = models.load(src, dtype="float32")
             apply_prune(model, PruneConfig(pattern="2:4"))
             res["magnitude 2:4"] = {"ppl": ppl_by_text(model, windows), "params": params}
