@@ -45,8 +45,6 @@ class PruneConfig(SparsityConfig, OWLOptions):
     """Magnitude pruning (see module docstring)."""
 
     scope: str = field(default="layer", metadata={"help": "layer | row | global | global_normalized | owl"})
-    # |w| alone has fewer extreme entries than Wanda's |w| * ||x||: magnitude OWL counts above 10x.
-    owl_threshold: float = field(default=10.0, metadata={"help": "owl: a weight is an outlier above this many times its matrix's mean |w|"})
 
     def __post_init__(self):
         super().__post_init__()

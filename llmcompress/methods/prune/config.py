@@ -16,7 +16,9 @@ from .masks import parse_pattern
 class OWLOptions:
     """Options of the outlier-weighted layer-wise allocation (OWL, :mod:`.owl`)."""
 
-    owl_threshold: float = field(default=5.0, metadata={"help": "owl: a weight is an outlier when its score exceeds this many times its matrix's mean score"})
+    # Both chosen on selection text, for magnitude and for Wanda scores, on SmolLM2-135M and
+    # Qwen2.5-Coder-0.5B at 50% (scripts/select_owl.py; BENCHMARKS.md, bench:owl_select).
+    owl_threshold: float = field(default=10.0, metadata={"help": "owl: a weight is an outlier when its score (|w|, or Wanda's |w| ||x||) exceeds this many times its matrix's mean score"})
     owl_lambda: float = field(default=0.08, metadata={"help": "owl: largest difference between a decoder layer's sparsity and 'sparsity'"})
 
     def check_owl(self, sparsity: float, pattern: str | None, key: str, value: str) -> None:
