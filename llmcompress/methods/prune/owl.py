@@ -25,10 +25,14 @@ def outlier_count(score: torch.Tensor, m: float) -> tuple[int, int]:
     return int((a > m * a.mean()).sum()), a.numel()
 
 
+def pooled_ratio(counts: Sequence[tuple[int, int]]) -> float:
+    """Outliers over entries of several matrices together (a decoder layer's outlier ratio)."""
+    return sum(c for c, _ in counts) / max(sum(n for _, n in counts), 1)
+
+
 def outlier_ratio(weights: Sequence[torch.Tensor], m: float) -> float:
     """Fraction of the entries (weights or scores) above ``m`` times their own matrix's mean magnitude."""
-    counts = [outlier_count(w, m) for w in weights]
-    return sum(c for c, _ in counts) / max(sum(n for _, n in counts), 1)
+    return pooled_ratio([outlier_count(w, m) for w in weights])
 
 
 def owl_sparsities(ratios: Sequence[float], sparsity: float, lam: float) -> list[float]:

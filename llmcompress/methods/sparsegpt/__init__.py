@@ -25,9 +25,8 @@ from ...registry import register_method
 from ..gptq.gptq import accumulate_hessian, accumulate_hessian_pair
 from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import per_layer_sparsity
-from ..prune.config import CalibratedAllocation
+from ..prune.config import CalibratedAllocation, SparsityConfig
 from ..wanda import owl_sparsity
-from ..prune.config import SparsityConfig
 from .sparsegpt import sparsegpt_prune
 
 
@@ -67,8 +66,8 @@ def apply_sparsegpt(model, cfg: SparseGPTConfig, ctx):
     def update(names, modules, weights, stat, _):
         H, D = stat if reference else (stat, None)
         # Modules sharing an input are pruned as one stack (rows are independent given H),
-        # with each one's mask chosen on its own rows.
-        # modules pruned together share an input, so a decoder layer, so an OWL sparsity
+        # with each one's mask chosen on its own rows. Sharing an input, they share a decoder
+        # layer, so one OWL sparsity.
         res = sparsegpt_prune(torch.cat(weights), H, sparsity=sparsity.get(names[0], cfg.sparsity), nm=cfg.nm,
                               row_splits=[w.shape[0] for w in weights], block_size=cfg.block_size,
                               damp=cfg.damp, name=names[0], D=D, alpha=cfg.gptaq_alpha)

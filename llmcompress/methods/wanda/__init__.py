@@ -37,7 +37,8 @@ from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import decoder_layer_groups, owl_allocation, per_layer_sparsity
 from ..prune.config import CalibratedAllocation, SparsityConfig
 from ..prune.masks import layer_mask, nm_mask, row_mask
-from ..prune.owl import outlier_count
+from ..prune.owl import outlier_count, pooled_ratio
+
 
 @dataclass
 class WandaConfig(LayerwiseOptions, SparsityConfig, CalibratedAllocation):
@@ -91,7 +92,7 @@ def owl_sparsity(model, layers: dict, cfg, ctx) -> dict[str, float]:
                         count, calibration_dtype=cfg.calibration_dtype, true_sequential=False,
                         batch_size=cfg.batch_size, desc="owl outliers")
     groups = decoder_layer_groups(model, layers)
-    ratios = [sum(counts[n][0] for n in names) / sum(counts[n][1] for n in names) for names in groups.values()]
+    ratios = [pooled_ratio([counts[n] for n in names]) for names in groups.values()]
     ctx.notes["owl"] = {"outlier_ratio": ratios, "threshold": cfg.owl_threshold, "lambda": cfg.owl_lambda}
     return owl_allocation(groups, ratios, cfg.sparsity, cfg.owl_lambda)
 
