@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import torch
 
-from ...config import check_choice
+from ...config import check_choice, check_range
 from ...registry import register_method
 from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import decoder_layer_groups, owl_allocation, per_layer_sparsity
@@ -47,21 +47,45 @@ class WandaConfig(LayerwiseOptions, SparsityConfig, CalibratedAllocation):
     NEEDS_CALIBRATION: ClassVar[bool] = True
 
     scope: str = field(default="row", metadata={"help": "comparison group: row (per output) | layer"})
+    first_token_weight: float = field(default=1.0, metadata={
+        "help": "how many tokens the first position of each calibration sequence counts as in the input "
+                "norms (1: the paper's plain mean; the sequence length: as much as the rest of its sequence)"})
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("scope", self.scope, ("row", "layer"))
+        check_range("first_token_weight", self.first_token_weight, 1.0)
         self.check_allocation()
         self.check_layerwise_options()
 
 
-def accumulate_sq_norms(state, x: torch.Tensor, count: int):
-    """Running mean over tokens of each input feature's square (``||X_j||^2 / n``)."""
-    x = x.reshape(-1, x.shape[-1]).float()
-    total = count + x.shape[0]
-    sq = x.pow(2).sum(0)
+def accumulate_sq_norms(state, x: torch.Tensor, count: float, first_token_weight: float = 1.0):
+    """Running mean over tokens of each input feature's square (``||X_j||^2 / n``).
+
+    With ``first_token_weight`` w, the first position of each sequence (``x[..., 0, :]`` of a
+    ``[batch, seq, features]`` input) counts as w tokens. Why: models such as Qwen2.5 build a
+    massive activation at the first position in their early layers, and every later position
+    attends to it (the attention sink; Xiao et al., "Efficient Streaming Language Models with
+    Attention Sinks", 2023; Sun et al., "Massive Activations in Large Language Models", 2024). A
+    plain mean over 16k calibration tokens gives those 32 first positions almost no say, and
+    pruning the early layers can then break the sink for some first tokens (BENCHMARKS.md,
+    ``bench:owl_sink``).
+    """
+    flat = x.reshape(-1, x.shape[-1]).float()
+    sq = flat.pow(2).sum(0)
+    total = count + flat.shape[0]
+    if first_token_weight != 1.0 and x.dim() >= 3:
+        first = x[..., 0, :].reshape(-1, x.shape[-1]).float()
+        sq.add_(first.pow(2).sum(0), alpha=first_token_weight - 1.0)
+        total += (first_token_weight - 1.0) * first.shape[0]
     state = sq / total if state is None else state.mul_(count / total).add_(sq, alpha=1 / total)
     return state, total
+
+
+def norms_of(cfg):
+    """The ``accumulate`` of :func:`calibrate_layerwise` for ``cfg``'s input norms."""
+    weight = getattr(cfg, "first_token_weight", 1.0)
+    return lambda state, x, count: accumulate_sq_norms(state, x, count, weight)
 
 
 def wanda_scores(weight: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
@@ -88,7 +112,7 @@ def owl_sparsity(model, layers: dict, cfg, ctx) -> dict[str, float]:
         return None  # weights untouched: the next layer sees the unpruned model's outputs
 
     # One pass per layer suffices (nothing changes between groups).
-    calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, {n: None for n in layers}, accumulate_sq_norms,
+    calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, {n: None for n in layers}, norms_of(cfg),
                         count, calibration_dtype=cfg.calibration_dtype, true_sequential=False,
                         batch_size=cfg.batch_size, desc="owl outliers")
     groups = decoder_layer_groups(model, layers)
@@ -115,7 +139,7 @@ def apply_wanda(model, cfg: WandaConfig, ctx):
         return None
 
     stats = calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, {n: None for n in layers},
-                                accumulate_sq_norms, update, calibration_dtype=cfg.calibration_dtype,
+                                norms_of(cfg), update, calibration_dtype=cfg.calibration_dtype,
                                 true_sequential=cfg.true_sequential, batch_size=cfg.batch_size, desc="wanda")
     ctx.notes["prune"] = {"per_layer_sparsity": per_layer_sparsity(layers), "layer_seconds": stats["layer_seconds"]}
     return model
