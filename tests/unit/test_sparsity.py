@@ -87,6 +87,34 @@ def test_wanda_formula():
     torch.testing.assert_close(wanda_scores(W, s), W.abs() * allx.norm(dim=0) / 29 ** 0.5)
 
 
+def test_wanda_first_token_weight_is_a_weighted_mean():
+    """Weight w on the first position equals repeating that position w times (integer w)."""
+    x1, x2 = torch.randn(3, 5, 8), torch.randn(2, 7, 8)
+    s, n = accumulate_sq_norms(None, x1, 0, 4.0)
+    s, n = accumulate_sq_norms(s, x2, n, 4.0)
+    rep = [torch.cat([x[:, :1].expand(-1, 4, -1), x[:, 1:]], 1).reshape(-1, 8) for x in (x1, x2)]
+    allx = torch.cat(rep)
+    torch.testing.assert_close(s, allx.pow(2).mean(0))
+    assert n == 29 + 3 * 5
+    s1, _ = accumulate_sq_norms(None, x1, 0, 1.0)  # 1 is the plain mean
+    torch.testing.assert_close(s1, x1.reshape(-1, 8).pow(2).mean(0))
+    with pytest.raises(ConfigError, match="first_token_weight"):
+        WandaConfig(sparsity=0.5, first_token_weight=0.5)
+
+
+def test_wanda_first_token_weight_changes_the_masks(tiny_model_dir, tmp_path):
+    """The option reaches the pruning pass: the masks differ and each row keeps exactly half."""
+    masks = {}
+    for w in (1.0, 64.0):
+        res = compress(str(tiny_model_dir), Recipe(stages=[WandaConfig(sparsity=0.5, first_token_weight=w)], name="p",
+                                                   calibration=CALIB), tmp_path / str(w), evaluation=False)
+        assert res.reload_max_abs_diff == 0
+        masks[w] = {n: m.weight == 0 for n, m in linear_layers(res.model).items() if n != "lm_head"}
+        for m in masks[w].values():
+            assert (m.sum(1) == m.shape[1] // 2).all()
+    assert any(not torch.equal(masks[1.0][n], masks[64.0][n]) for n in masks[1.0])
+
+
 def hessian(X):
     H, _ = accumulate_hessian(None, X, 0)
     return H

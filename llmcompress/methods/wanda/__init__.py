@@ -21,6 +21,7 @@ Recipe::
       sparsity: 0.5          # or pattern: "2:4"
       scope: row             # row | layer
       allocation: uniform    # uniform | owl (owl_threshold, owl_lambda)
+      first_token_weight: 1  # >1: weight each calibration sequence's first position (attention sink)
     calibration: {source: wiki_calib, num_samples: 128, seq_len: 512}
 """
 
@@ -49,7 +50,8 @@ class WandaConfig(LayerwiseOptions, SparsityConfig, CalibratedAllocation):
     scope: str = field(default="row", metadata={"help": "comparison group: row (per output) | layer"})
     first_token_weight: float = field(default=1.0, metadata={
         "help": "how many tokens the first position of each calibration sequence counts as in the input "
-                "norms (1: the paper's plain mean; the sequence length: as much as the rest of its sequence)"})
+                "norms (1: the paper's plain mean; the sequence length: as much as the rest of its sequence, "
+                "which helped Qwen2.5 and hurt SmolLM2 in BENCHMARKS.md bench:prune_sink)"})
 
     def __post_init__(self):
         super().__post_init__()
