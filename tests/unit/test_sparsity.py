@@ -100,6 +100,8 @@ def test_wanda_first_token_weight_is_a_weighted_mean():
     torch.testing.assert_close(s1, x1.reshape(-1, 8).pow(2).mean(0))
     with pytest.raises(ConfigError, match="first_token_weight"):
         WandaConfig(sparsity=0.5, first_token_weight=0.5)
+    with pytest.raises(ValueError, match="seq"):  # no position axis: no first token to weight
+        accumulate_sq_norms(None, torch.randn(6, 8), 0, 4.0)
 
 
 def test_wanda_first_token_weight_changes_the_masks(tiny_model_dir, tmp_path):

@@ -76,7 +76,9 @@ def accumulate_sq_norms(state, x: torch.Tensor, count: float, first_token_weight
     flat = x.reshape(-1, x.shape[-1]).float()
     sq = flat.pow(2).sum(0)
     total = count + flat.shape[0]
-    if first_token_weight != 1.0 and x.dim() >= 3:
+    if first_token_weight != 1.0:
+        if x.dim() < 3:  # the position axis is needed to find the first token
+            raise ValueError(f"first_token_weight needs [batch, seq, features] inputs; got shape {tuple(x.shape)}")
         first = x[..., 0, :].reshape(-1, x.shape[-1]).float()
         sq.add_(first.pow(2).sum(0), alpha=first_token_weight - 1.0)
         total += (first_token_weight - 1.0) * first.shape[0]
