@@ -45,12 +45,13 @@ OWL_ROWS = [("Wanda 50%, OWL", {"method": "wanda", "sparsity": 0.5, "allocation"
             ("Wanda 70%", {"method": "wanda", "sparsity": 0.7}),
             ("Wanda 70%, OWL", {"method": "wanda", "sparsity": 0.7, "allocation": "owl"})]
 
-# --sink-rows: Wanda with the first position of each 512-token calibration window counted as 512
-# tokens in the input norms (``first_token_weight``: as much as the rest of its window), uniform
-# and OWL; the first position is where Qwen2.5 forms its attention sink (bench:owl_sink).
-SINK_ROWS = [("Wanda 50%, first token x512", {"method": "wanda", "sparsity": 0.5, "first_token_weight": 512}),
-             ("Wanda 50%, OWL, first token x512",
-              {"method": "wanda", "sparsity": 0.5, "allocation": "owl", "first_token_weight": 512})]
+# --sink-rows: Wanda and SparseGPT with the first position of each 512-token calibration window
+# counted as 512 tokens (``first_token_weight``: as much as the rest of its window) in the input
+# norms / the Hessian, uniform and OWL; the first position is where Qwen2.5 forms its attention
+# sink (bench:owl_sink).
+SINK_ROWS = [(f"{label} 50%{owl}, first token x512",
+              {"method": method, "sparsity": 0.5, "first_token_weight": 512, **({"allocation": "owl"} if owl else {})})
+             for label, method in (("Wanda", "wanda"), ("SparseGPT", "sparsegpt")) for owl in ("", ", OWL")]
 
 
 def gptaq_rows(alphas):
@@ -189,9 +190,9 @@ def main():
         f"(OWL; |w| above {mag_owl.owl_threshold:g}x its matrix's mean, sparsities within {args.sparsity:g} +- "
         f"{mag_owl.owl_lambda:g})" + (f"; `OWL` rows of Wanda and SparseGPT: the same from Wanda's |w| ||x|| on the "
         f"unpruned model, above {cal_owl.owl_threshold:g}x the mean, within +- {cal_owl.owl_lambda:g}"
-        if args.owl_rows else "") + ("; `first token x512`: Wanda's input norms count the first position of "
-        "each calibration window as 512 tokens (`first_token_weight: 512`, as much as the rest of its window), "
-        "in OWL's outlier count too" if args.sink_rows else "") + ".\n\n"
+        if args.owl_rows else "") + ("; `first token x512`: Wanda's input norms (SparseGPT's Hessian) count "
+        "the first position of each calibration window as 512 tokens (`first_token_weight: 512`, as much as the "
+        "rest of its window), in OWL's outlier count too" if args.sink_rows else "") + ".\n\n"
         "| model | method | ppl wiki_eval | ppl python_docs | parameters | prune (s) | peak RSS (MB) |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n" + (
         "\nGlobal threshold and masking, each tool in its own process (fp32 model; peak RSS includes the "

@@ -104,17 +104,41 @@ def test_wanda_first_token_weight_is_a_weighted_mean():
         accumulate_sq_norms(None, torch.randn(6, 8), 0, 4.0)
 
 
-def test_wanda_first_token_weight_changes_the_masks(tiny_model_dir, tmp_path):
-    """The option reaches the pruning pass: the masks differ and each row keeps exactly half."""
+@pytest.mark.parametrize("cls", [WandaConfig, SparseGPTConfig])
+def test_first_token_weight_changes_the_masks(tiny_model_dir, tmp_path, cls):
+    """The option reaches the pruning pass: the masks differ, the sparsity stays exact, and the
+    saved output reloads exactly."""
     masks = {}
     for w in (1.0, 64.0):
-        res = compress(str(tiny_model_dir), Recipe(stages=[WandaConfig(sparsity=0.5, first_token_weight=w)], name="p",
+        res = compress(str(tiny_model_dir), Recipe(stages=[cls(sparsity=0.5, first_token_weight=w)], name="p",
                                                    calibration=CALIB), tmp_path / str(w), evaluation=False)
         assert res.reload_max_abs_diff == 0
         masks[w] = {n: m.weight == 0 for n, m in linear_layers(res.model).items() if n != "lm_head"}
         for m in masks[w].values():
-            assert (m.sum(1) == m.shape[1] // 2).all()
+            if cls is WandaConfig:  # Wanda compares within rows
+                assert (m.sum(1) == m.shape[1] // 2).all()
+            else:
+                assert int(m.sum()) == m.numel() // 2
     assert any(not torch.equal(masks[1.0][n], masks[64.0][n]) for n in masks[1.0])
+
+
+def test_hessian_first_token_weight_is_a_weighted_sum():
+    """SparseGPT's Hessian with weight w on the first position equals repeating that position w times."""
+    x1, x2 = torch.randn(3, 5, 8), torch.randn(2, 7, 8)
+    H, n = accumulate_hessian(None, x1, 0, 4.0)
+    H, n = accumulate_hessian(H, x2, n, 4.0)
+    rep = torch.cat([torch.cat([x[:, :1].expand(-1, 4, -1), x[:, 1:]], 1).reshape(-1, 8) for x in (x1, x2)])
+    torch.testing.assert_close(H, 2 * rep.t() @ rep / rep.shape[0])
+    assert n == 29 + 3 * 5
+    H1, _ = accumulate_hessian(None, x1, 0, 1.0)
+    flat = x1.reshape(-1, 8)
+    torch.testing.assert_close(H1, 2 * flat.t() @ flat / 15)
+    with pytest.raises(ValueError, match="seq"):
+        accumulate_hessian(None, torch.randn(6, 8), 0, 4.0)
+    with pytest.raises(ConfigError, match="first_token_weight"):
+        SparseGPTConfig(sparsity=0.5, first_token_weight=0.5)
+    with pytest.raises(ConfigError, match="gptaq_alpha"):  # the asymmetric term is not weighted
+        SparseGPTConfig(sparsity=0.5, first_token_weight=8, gptaq_alpha=0.5)
 
 
 def hessian(X):

@@ -138,18 +138,31 @@ def _accumulate(H: torch.Tensor | None, x: torch.Tensor, count: int):
     return H, total, xt
 
 
-def accumulate_hessian(H: torch.Tensor | None, x: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
+def accumulate_hessian(H: torch.Tensor | None, x: torch.Tensor, count: float,
+                       first_token_weight: float = 1.0) -> tuple[torch.Tensor, float]:
     """Add a batch of inputs to a running ``H = 2/n * sum x x^T`` (float32).
 
     Args:
         H: the running Hessian ``[cols, cols]`` or None.
         x: inputs ``[..., cols]`` (any leading shape: batch, tokens).
         count: tokens already in ``H``.
+        first_token_weight: w > 1 counts the first position of each sequence of a
+            ``[batch, seq, cols]`` input as w tokens (the attention sink; see
+            :func:`llmcompress.methods.wanda.accumulate_sq_norms`).
 
     Returns:
         ``(H, count)`` updated.
     """
+    if first_token_weight != 1.0 and x.dim() < 3:  # the position axis is needed to find the first token
+        raise ValueError(f"first_token_weight needs [batch, seq, features] inputs; got shape {tuple(x.shape)}")
     H, total, _ = _accumulate(H, x, count)
+    if first_token_weight != 1.0:
+        # The first positions already count once: add (w - 1) more of their outer products.
+        first = x[..., 0, :].reshape(-1, x.shape[-1]).float()
+        extra = (first_token_weight - 1.0) * first.shape[0]
+        H.mul_(total / (total + extra))
+        total += extra
+        H.addmm_(first.t(), first, alpha=2.0 * (first_token_weight - 1.0) / total)
     return H, total
 
 

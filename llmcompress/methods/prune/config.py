@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ...config import check_choice
+from ...config import check_choice, check_range
 from ...errors import ConfigError
 from ...modeling import DEFAULT_IGNORE, linear_layers
 from ...registry import MethodConfig
@@ -44,6 +44,20 @@ class CalibratedAllocation(OWLOptions):
         check_choice("allocation", self.allocation, ("uniform", "owl"))
         if self.allocation == "owl":
             self.check_owl(self.sparsity, self.pattern, "allocation", "owl")
+
+
+@dataclass
+class FirstTokenWeight:
+    """How much the first position of each calibration sequence counts, for Wanda and SparseGPT."""
+
+    first_token_weight: float = field(default=1.0, metadata={
+        "help": "how many tokens the first position of each calibration sequence counts as in the calibration "
+                "statistics (Wanda's input norms, SparseGPT's Hessian, OWL's outlier count; 1: the papers' plain "
+                "mean; the sequence length: as much as the rest of its sequence, which helped Qwen2.5 and hurt "
+                "SmolLM2 in BENCHMARKS.md bench:prune_sink)"})
+
+    def check_first_token_weight(self) -> None:
+        check_range("first_token_weight", self.first_token_weight, 1.0)
 
 
 @dataclass

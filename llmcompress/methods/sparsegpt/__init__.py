@@ -7,6 +7,7 @@ Recipe::
       damp: 0.01
       gptaq_alpha: 0.0       # > 0: fit the full-precision model's outputs (asymmetric calibration)
       allocation: uniform    # uniform | owl: a sparsity per decoder layer (see methods.wanda)
+      first_token_weight: 1  # >1: weight each calibration sequence's first position (attention sink)
     calibration: {source: wiki_calib, num_samples: 128, seq_len: 512}
 
 Calibrated layer by layer through the same engine and Hessians as GPTQ; a following
@@ -16,22 +17,24 @@ Calibrated layer by layer through the same engine and Hessians as GPTQ; a follow
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar
 
 import torch
 
 from ...config import check_range
+from ...errors import ConfigError
 from ...registry import register_method
 from ..gptq.gptq import accumulate_hessian, accumulate_hessian_pair
 from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import per_layer_sparsity
-from ..prune.config import CalibratedAllocation, SparsityConfig
+from ..prune.config import CalibratedAllocation, FirstTokenWeight, SparsityConfig
 from ..wanda import owl_sparsity
 from .sparsegpt import sparsegpt_prune
 
 
 @dataclass
-class SparseGPTConfig(LayerwiseOptions, SparsityConfig, CalibratedAllocation):
+class SparseGPTConfig(LayerwiseOptions, SparsityConfig, CalibratedAllocation, FirstTokenWeight):
     """SparseGPT (see module docstring)."""
 
     NEEDS_CALIBRATION: ClassVar[bool] = True
@@ -50,6 +53,10 @@ class SparseGPTConfig(LayerwiseOptions, SparsityConfig, CalibratedAllocation):
         check_range("damp", self.damp, 0, 1, lo_open=True)
         check_range("block_size", self.block_size, 1)
         check_range("gptaq_alpha", self.gptaq_alpha, 0, 1)
+        self.check_first_token_weight()
+        if self.gptaq_alpha > 0 and self.first_token_weight != 1:
+            raise ConfigError("first_token_weight is not supported with gptaq_alpha > 0 (the asymmetric term is "
+                              "not weighted): set one of them back to its default", "first_token_weight")
         self.check_allocation()
         self.check_layerwise_options()
 
@@ -62,6 +69,7 @@ def apply_sparsegpt(model, cfg: SparseGPTConfig, ctx):
     sparsity = owl_sparsity(model, layers, cfg, ctx)  # {} unless allocation: owl
 
     reference = cfg.gptaq_alpha > 0  # the engine also carries the full-precision model's inputs
+    hessian = partial(accumulate_hessian, first_token_weight=cfg.first_token_weight)
 
     def update(names, modules, weights, stat, _):
         H, D = stat if reference else (stat, None)
@@ -78,7 +86,7 @@ def apply_sparsegpt(model, cfg: SparseGPTConfig, ctx):
         return {"loss": res.loss, "damp": res.damp}
 
     stats = calibrate_layerwise(model, ctx.calibration_ids(), ctx.device, {n: None for n in layers},
-                                accumulate_hessian_pair if reference else accumulate_hessian, update,
+                                accumulate_hessian_pair if reference else hessian, update,
                                 calibration_dtype=cfg.calibration_dtype, true_sequential=cfg.true_sequential,
                                 batch_size=cfg.batch_size, desc="sparsegpt", reference=reference)
     ctx.notes["prune"] = {"per_layer_sparsity": per_layer_sparsity(layers), **stats}

@@ -32,31 +32,27 @@ from typing import ClassVar
 
 import torch
 
-from ...config import check_choice, check_range
+from ...config import check_choice
 from ...registry import register_method
 from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import decoder_layer_groups, owl_allocation, per_layer_sparsity
-from ..prune.config import CalibratedAllocation, SparsityConfig
+from ..prune.config import CalibratedAllocation, FirstTokenWeight, SparsityConfig
 from ..prune.masks import layer_mask, nm_mask, row_mask
 from ..prune.owl import outlier_count, pooled_ratio
 
 
 @dataclass
-class WandaConfig(LayerwiseOptions, SparsityConfig, CalibratedAllocation):
+class WandaConfig(LayerwiseOptions, SparsityConfig, CalibratedAllocation, FirstTokenWeight):
     """Wanda (see module docstring)."""
 
     NEEDS_CALIBRATION: ClassVar[bool] = True
 
     scope: str = field(default="row", metadata={"help": "comparison group: row (per output) | layer"})
-    first_token_weight: float = field(default=1.0, metadata={
-        "help": "how many tokens the first position of each calibration sequence counts as in the input "
-                "norms (1: the paper's plain mean; the sequence length: as much as the rest of its sequence, "
-                "which helped Qwen2.5 and hurt SmolLM2 in BENCHMARKS.md bench:prune_sink)"})
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("scope", self.scope, ("row", "layer"))
-        check_range("first_token_weight", self.first_token_weight, 1.0)
+        self.check_first_token_weight()
         self.check_allocation()
         self.check_layerwise_options()
 
