@@ -45,13 +45,15 @@ OWL_ROWS = [("Wanda 50%, OWL", {"method": "wanda", "sparsity": 0.5, "allocation"
             ("Wanda 70%", {"method": "wanda", "sparsity": 0.7}),
             ("Wanda 70%, OWL", {"method": "wanda", "sparsity": 0.7, "allocation": "owl"})]
 
-# --sink-rows: Wanda and SparseGPT with the first position of each 512-token calibration window
-# counted as 512 tokens (``first_token_weight``: as much as the rest of its window) in the input
-# norms / the Hessian, uniform and OWL; the first position is where Qwen2.5 forms its attention
-# sink (bench:owl_sink).
-SINK_ROWS = [(f"{label} 50%{owl}, first token x512",
-              {"method": method, "sparsity": 0.5, "first_token_weight": 512, **({"allocation": "owl"} if owl else {})})
-             for label, method in (("Wanda", "wanda"), ("SparseGPT", "sparsegpt")) for owl in ("", ", OWL")]
+# --sink-rows: Wanda and SparseGPT with the first position of each calibration window counted as
+# w tokens (``first_token_weight``; w = 512, the window length: as much as the rest of its window)
+# in the input norms / the Hessian, uniform and OWL; the first position is where Qwen2.5 forms its
+# attention sink (bench:owl_sink).
+def sink_rows(weights):
+    return [(f"{label} 50%{owl}, first token x{w:g}",
+             {"method": method, "sparsity": 0.5, "first_token_weight": w, **({"allocation": "owl"} if owl else {})})
+            for w in weights for label, method in (("Wanda", "wanda"), ("SparseGPT", "sparsegpt"))
+            for owl in ("", ", OWL")]
 
 
 def gptaq_rows(alphas):
@@ -74,7 +76,10 @@ def main():
     ap.add_argument("--dtype-rows", action="store_true", help="also the 2:4 runs with the other calibration dtype")
     ap.add_argument("--owl-rows", action="store_true", help="also Wanda and SparseGPT with OWL allocation, and Wanda at 70%%")
     ap.add_argument("--sink-rows", action="store_true",
-                    help="also Wanda 50%% (uniform and OWL) with the first calibration position weighted x512")
+                    help="also Wanda and SparseGPT 50%% (uniform and OWL) with the first calibration position "
+                         "weighted by each of --sink-weights")
+    ap.add_argument("--sink-weights", nargs="+", type=float, default=[512.0],
+                    help="first_token_weight values of the --sink-rows")
     ap.add_argument("--gptaq", nargs="*", type=float, default=[],
                     help="also SparseGPT 50%% and 2:4 with asymmetric calibration (gptaq_alpha) at these alphas")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
@@ -95,7 +100,7 @@ def main():
                     help="calibration seeds: each calibrated row (ours and llm-compressor's) runs once per seed on "
                          "that seed's windows, and the table adds each row's mean over the seeds")
     args = ap.parse_args()
-    ours = OURS + (DTYPE_ROWS if args.dtype_rows else []) + (OWL_ROWS if args.owl_rows else []) + (SINK_ROWS if args.sink_rows else []) + gptaq_rows(args.gptaq)
+    ours = OURS + (DTYPE_ROWS if args.dtype_rows else []) + (OWL_ROWS if args.owl_rows else []) + (sink_rows(args.sink_weights) if args.sink_rows else []) + gptaq_rows(args.gptaq)
     unknown = set(args.rows or ()) - {label for label, _ in ours}
     if unknown:
         ap.error(f"--rows: no such row {sorted(unknown)}; rows: {[label for label, _ in ours]}")
@@ -190,9 +195,10 @@ def main():
         f"(OWL; |w| above {mag_owl.owl_threshold:g}x its matrix's mean, sparsities within {args.sparsity:g} +- "
         f"{mag_owl.owl_lambda:g})" + (f"; `OWL` rows of Wanda and SparseGPT: the same from Wanda's |w| ||x|| on the "
         f"unpruned model, above {cal_owl.owl_threshold:g}x the mean, within +- {cal_owl.owl_lambda:g}"
-        if args.owl_rows else "") + ("; `first token x512`: Wanda's input norms (SparseGPT's Hessian) count "
-        "the first position of each calibration window as 512 tokens (`first_token_weight: 512`, as much as the "
-        "rest of its window), in OWL's outlier count too" if args.sink_rows else "") + ".\n\n"
+        if args.owl_rows else "") + (f"; `first token xW`: Wanda's input norms (SparseGPT's Hessian) count "
+        f"the first position of each {args.seq_len}-token calibration window as W tokens (`first_token_weight: W`; "
+        f"W = {args.seq_len}: as much as the rest of its window), in OWL's outlier count too"
+        if args.sink_rows else "") + ".\n\n"
         "| model | method | ppl wiki_eval | ppl python_docs | parameters | prune (s) | peak RSS (MB) |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n" + (
         "\nGlobal threshold and masking, each tool in its own process (fp32 model; peak RSS includes the "
