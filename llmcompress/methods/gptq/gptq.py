@@ -153,17 +153,30 @@ def accumulate_hessian(H: torch.Tensor | None, x: torch.Tensor, count: float,
     Returns:
         ``(H, count)`` updated.
     """
-    if first_token_weight != 1.0 and x.dim() < 3:  # the position axis is needed to find the first token
-        raise ValueError(f"first_token_weight needs [batch, seq, features] inputs; got shape {tuple(x.shape)}")
+    first, extra = first_positions(x, first_token_weight)  # checked before H changes
     H, total, _ = _accumulate(H, x, count)
-    if first_token_weight != 1.0:
+    if extra:
         # The first positions already count once: add (w - 1) more of their outer products.
-        first = x[..., 0, :].reshape(-1, x.shape[-1]).float()
-        extra = (first_token_weight - 1.0) * first.shape[0]
         H.mul_(total / (total + extra))
         total += extra
         H.addmm_(first.t(), first, alpha=2.0 * (first_token_weight - 1.0) / total)
     return H, total
+
+
+def first_positions(x: torch.Tensor, first_token_weight: float) -> tuple[torch.Tensor | None, float]:
+    """The first position of each sequence of a ``[batch, seq, cols]`` input as float32 ``[batch, cols]``,
+    and the tokens it adds when it counts as ``first_token_weight`` tokens instead of one
+    (``(None, 0)`` for weight 1). Shared by Wanda's norms and the Hessians.
+
+    Raises:
+        ValueError: for a weight other than 1 on an input without a position axis.
+    """
+    if first_token_weight == 1.0:
+        return None, 0.0
+    if x.dim() < 3:  # the position axis is needed to find the first token
+        raise ValueError(f"first_token_weight needs [batch, seq, features] inputs; got shape {tuple(x.shape)}")
+    first = x[..., 0, :].reshape(-1, x.shape[-1]).float()
+    return first, (first_token_weight - 1.0) * first.shape[0]
 
 
 def accumulate_hessian_pair(state: tuple[torch.Tensor, torch.Tensor] | None, x: torch.Tensor, count: int,

@@ -34,6 +34,7 @@ import torch
 
 from ...config import check_choice
 from ...registry import register_method
+from ..gptq.gptq import first_positions
 from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import decoder_layer_groups, owl_allocation, per_layer_sparsity
 from ..prune.config import CalibratedAllocation, FirstTokenWeight, SparsityConfig
@@ -69,15 +70,12 @@ def accumulate_sq_norms(state, x: torch.Tensor, count: float, first_token_weight
     pruning the early layers can then break the sink for some first tokens (BENCHMARKS.md,
     ``bench:owl_sink``).
     """
+    first, extra = first_positions(x, first_token_weight)
     flat = x.reshape(-1, x.shape[-1]).float()
     sq = flat.pow(2).sum(0)
-    total = count + flat.shape[0]
-    if first_token_weight != 1.0:
-        if x.dim() < 3:  # the position axis is needed to find the first token
-            raise ValueError(f"first_token_weight needs [batch, seq, features] inputs; got shape {tuple(x.shape)}")
-        first = x[..., 0, :].reshape(-1, x.shape[-1]).float()
+    total = count + flat.shape[0] + extra
+    if extra:
         sq.add_(first.pow(2).sum(0), alpha=first_token_weight - 1.0)
-        total += (first_token_weight - 1.0) * first.shape[0]
     state = sq / total if state is None else state.mul_(count / total).add_(sq, alpha=1 / total)
     return state, total
 
