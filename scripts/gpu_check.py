@@ -1,7 +1,8 @@
 """GPU checks in one run (about 6-8 minutes on one H100/H200), results to JSON and stdout.
 
-1. CUDA path == CPU path for GPTQ (plain and GPTAQ) on a tiny model, and low_memory on CUDA ==
-   the in-memory CUDA path (pytest -k cuda).
+1. CUDA path == CPU path for GPTQ (plain and GPTAQ) and for Wanda / SparseGPT (plain and with
+   first_token_weight) on a tiny model, and low_memory on CUDA == the in-memory CUDA path
+   (pytest -k cuda).
 2. GPTQ timing on one random-weight Llama (16 layers, hidden 2048, MLP 8192, bf16, 128 x 512
    tokens): llmcompress against llm-compressor, same model and tokens, each in its own
    process; per-layer time and peak GPU memory; llmcompress with GPTAQ (gptaq_alpha 0.5) too.
@@ -109,7 +110,7 @@ def cuda_equals_cpu():
     make_tokenizer().save_pretrained(d)
     agree = cpu_cuda_agreement(d)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short", "-rf",
-                           "tests/unit/test_gptq.py", "-k", "cuda"], cwd=ROOT, capture_output=True, text=True)
+                           "tests/unit/test_gptq.py", "tests/unit/test_sparsity.py", "-k", "cuda"], cwd=ROOT, capture_output=True, text=True)
     (OUT / "pytest_cuda.log").write_text(proc.stdout + proc.stderr)  # the failures' tracebacks
     return {"logit_deviation_cpu": agree["cpu"][0], "logit_deviation_cuda": agree["cuda"][0],
             "objective_cpu": agree["cpu"][1], "objective_cuda": agree["cuda"][1],
