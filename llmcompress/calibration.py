@@ -211,7 +211,7 @@ class LayerRunner:
         more) and are kept for :meth:`freeze`'s ``through`` (memory: those inputs, every batch;
         kept only while that is at most :data:`KEEP_FRACTION` of the free memory where they live).
         """
-        keep = tuple(n for n in keep if self._affordable(modules[n]))
+        keep = self._affordable(modules, keep)
         if self.ref_layer is None:
             for i in self._batches():
                 self._run_until(self.layer, self.hidden, modules, i, fn, keep)
@@ -222,12 +222,20 @@ class LayerRunner:
             self._run_until(self.ref_layer, self.ref_hidden, ref_modules, i, refs.__setitem__, keep)
             self._run_until(self.layer, self.hidden, modules, i, lambda n, x: fn(n, x, refs[n]), keep)
 
-    def _affordable(self, module: nn.Module) -> bool:
-        """Do all batches' inputs of ``module`` (both streams) fit in KEEP_FRACTION of free memory?"""
+    def _affordable(self, modules: dict[str, nn.Module], keep: tuple[str, ...]) -> tuple[str, ...]:
+        """The names in ``keep`` whose inputs (all batches, both streams) fit, together and in order,
+        in KEEP_FRACTION of the free memory: one budget for all of them, not one each, since a
+        decoder layer has up to seven Linear layers."""
         x = self.hidden
-        per_token = getattr(module, "in_features", x.shape[-1]) * x.element_size()
-        need = x.shape[0] * x.shape[1] * per_token * len(self._layers())
-        return need <= KEEP_FRACTION * _free_bytes(x.device)
+        budget = KEEP_FRACTION * _free_bytes(x.device)
+        kept = []
+        for name in keep:
+            per_token = getattr(modules[name], "in_features", x.shape[-1]) * x.element_size()
+            need = x.shape[0] * x.shape[1] * per_token * len(self._layers())
+            if need <= budget:
+                kept.append(name)
+                budget -= need
+        return tuple(kept)
 
     @torch.no_grad()
     def propagate(self) -> None:

@@ -651,3 +651,17 @@ def test_engine_hands_gptaq_the_unmodified_models_inputs(tiny_model_dir):
         xs = torch.cat([x for x, _ in pairs])
         if name != "model.layers.0.self_attn.q_proj":  # every later input carries the halved weights
             assert not torch.allclose(xs, refs)
+
+
+def test_kept_inputs_share_one_memory_budget(monkeypatch):
+    """Kept Linear inputs are budgeted together: three inputs that each fit in a quarter of the
+    free memory, but not all three together, are not all kept."""
+    from llmcompress import calibration
+
+    hidden = torch.zeros(4, 8, 16)  # 4 x 8 tokens, float32: 2048 bytes per 16-wide input
+    runner = calibration.LayerRunner(nn.Identity(), hidden, {}, 2)
+    mods = {n: nn.Linear(16, 16) for n in ("a", "b", "c")}
+    monkeypatch.setattr(calibration, "_free_bytes", lambda device: 4 * 2 * 2048)  # budget: two inputs
+    assert runner._affordable(mods, ("a", "b", "c")) == ("a", "b")
+    mods["a"] = nn.Linear(64, 16)  # needs the whole budget and more: skipped, the others still fit
+    assert runner._affordable(mods, ("a", "b", "c")) == ("b", "c")
