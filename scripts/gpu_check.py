@@ -387,12 +387,14 @@ def prune_16layer():
     from llmcompress.methods.wanda import WandaConfig
     from llmcompress.registry import get_method
 
+    STATE.pop("model", None)  # the 8B-shaped model of earlier sections would count in the peaks (15 GB)
+    torch.cuda.empty_cache()
     mdir = Path("/tmp/rand16")
     if not mdir.exists():
         random_model(llama_config(16, 2048, 8192, 16, 16, 32000), "cuda").save_pretrained(mdir)
     ids = torch.randint(0, 32000, (128, 512), generator=torch.Generator().manual_seed(0))
     torch.save(ids, "/tmp/rand16_ids.pt")
-    out = {}
+    out = {"gpu_mb_allocated_before": round(torch.cuda.memory_allocated() / 2**20)}
     for name, cfg in (("wanda", WandaConfig(sparsity=0.5)), ("sparsegpt", SparseGPTConfig(sparsity=0.5))):
         model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.bfloat16).eval()  # on CPU, layers visit the GPU
         ctx = Context(device=torch.device("cuda"), calibration=lambda: ids)

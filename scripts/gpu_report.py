@@ -95,7 +95,7 @@ def _prune_distill(h1) -> list[str]:
     lines = ["### Wanda and SparseGPT 50% on CUDA (16-layer 2048 / 8192 Llama, random bf16 weights, 128 x 512 tokens)", "",
              "| method | llmcompress (s) | llm-compressor 0.14.0.1 (s) | ratio | peak GPU MB (ours / theirs) |",
              "|---|---|---|---|---|"]
-    for name, v in ws.items():
+    for name, v in ((k, v) for k, v in ws.items() if isinstance(v, dict) and "llmcompress" in v):
         ours, lc = v["llmcompress"], v["llm-compressor"]
         lines.append(f"| {name} | {ours['prune_s']} | {lc.get('prune_s', '-')} | {v.get('time_ratio', '-')} | "
                      f"{ours['peak_gpu_mb']} / {lc.get('peak_gpu_mb', '-')} |")
@@ -113,104 +113,127 @@ def _prune_distill(h1) -> list[str]:
     return lines
 
 
-def _bnb(h2) -> list[str]:
-    bnb = h2["sections"]["bnb_decode_1b_shape"]["result"]
-    lines = [f"### bitsandbytes on a 1.1B-shaped Llama (16 layers, 2048 / 8192, random weights; {h2['device']}, "
-             f"torch {h2['torch']}, earlier run)", "",
-             "| format | decode tokens/s (batch 1, 64 tokens, median of 3) | memory footprint (MB) | peak GPU memory (MB) |",
-             "|---|---|---|---|"]
-    for k, v in bnb.items():
-        lines.append(f"| {k} | {v['decode_tok_s']} | {v['footprint_mb']} | {v['peak_gpu_mb']} |")
-    return lines + ["", "nf4 holds the weights in 0.33 of bf16's footprint; int8 (LLM.int8) decodes ~3.7x slower than "
-                    "bf16 here.", ""]
+def _bnb(h2, h4) -> list[str]:
+    old, new = h2["sections"]["bnb_decode_1b_shape"]["result"], h4["sections"]["bnb_decode_1b_shape"]["result"]
+    lines = ["### bitsandbytes on a 1.1B-shaped Llama (16 layers, 2048 / 8192, random weights; H200, torch "
+             f"{h4['torch']}, bitsandbytes 0.50.2; an earlier run and {h4['date']})", "",
+             "| format | decode tokens/s (batch 1, 64 tokens, median of 3): earlier / " + h4["date"] +
+             " | memory footprint (MB) | peak GPU memory (MB): earlier / " + h4["date"] + " |", "|---|---|---|---|"]
+    for k, v in new.items():
+        lines.append(f"| {k} | {old[k]['decode_tok_s']} / {v['decode_tok_s']} | {v['footprint_mb']} | "
+                     f"{old[k]['peak_gpu_mb']} / {v['peak_gpu_mb']} |")
+    bf, i8, n4 = (new[k]["decode_tok_s"] for k in ("bf16", "int8", "nf4"))
+    return lines + ["", f"nf4 holds the weights in {new['nf4']['footprint_mb'] / new['bf16']['footprint_mb']:.2f} of "
+                    f"bf16's footprint and decodes at {n4 / bf:.2f} of its speed; int8 (LLM.int8) decodes "
+                    f"{bf / i8:.1f}x slower than bf16 ({h4['date']} run).", ""]
 
 
-def _sparse(h1, h2) -> list[str]:
+def _sparse(h1, h2, h4) -> list[str]:
     lines = ["### 2:4 semi-structured sparse matmul against dense bf16 (`to_sparse_semi_structured` + `F.linear`)", "",
-             "| backend, weight, tokens | H100 dense (ms) | H100 2:4 (ms) | H100 speedup | H200 speedup |",
-             "|---|---|---|---|---|"]
+             "| backend, weight, tokens | H100 dense (ms) | H100 2:4 (ms) | H100 speedup | H200 speedup, earlier / "
+             f"{h4['date']} |", "|---|---|---|---|---|"]
     sp1 = h1["sections"]["sparse_2of4_matmul"]["result"]
     sp2 = h2["sections"]["sparse_2of4_matmul"]["result"]
+    sp4 = h4["sections"]["sparse_2of4_matmul"]["result"]
     for k, v in sp1.items():
         if "error" in v:
             continue
-        old = sp2.get(k, {}).get("speedup", "-")
-        lines.append(f"| {k} | {v['dense_ms']} | {v['sparse_ms']} | {v['speedup']} | {old} |")
-    errs = sorted({v["error"] for v in sp1.values() if "error" in v})
+        lines.append(f"| {k} | {v['dense_ms']} | {v['sparse_ms']} | {v['speedup']} | "
+                     f"{sp2.get(k, {}).get('speedup', '-')} / {sp4.get(k, {}).get('speedup', '-')} |")
+    errs = sorted({v["error"] for sp in (sp1, sp4) for v in sp.values() if "error" in v})
     if errs:
-        lines += ["", "CUTLASS backend (both GPUs): " + "; ".join(errs)]
-    return lines + ["", "cuSPARSELt's 2:4 product took ~0.75 ms per call on the H100 whatever the shape (0.02-0.78x of "
-                    "dense); on the H200 it reached 1.2-1.3x only on the 8B MLP shapes at 4096 tokens. llmcompress "
-                    "claims no 2:4 speedup.", ""]
+        lines += ["", "CUTLASS backend (both GPUs, both dates): " + "; ".join(errs)]
+    return lines + ["", "cuSPARSELt's 2:4 product took ~0.5-0.8 ms per call whatever the shape (0.02-0.78x of dense on "
+                    "the H100); on the H200 it beat dense only on the 8B MLP shapes at 4096 tokens (1.2-1.3x earlier, "
+                    "1.15-1.17x on 2026-11-28). llmcompress claims no 2:4 speedup.", ""]
 
 
-def _rerun(h1, h3) -> list[str]:
-    """The latest H100 run (current code) beside the earlier one, section by section."""
-    o, n = h1["sections"], h3["sections"]
-    og, ng = o["gptq_16layer_2048_8192"]["result"], n["gptq_16layer_2048_8192"]["result"]
-    o8, n8 = o["gptq_llama3_8b_shape"]["result"], n["gptq_llama3_8b_shape"]["result"]
-    ow, nw = o["wanda_sparsegpt_16layer"]["result"], n["wanda_sparsegpt_16layer"]["result"]
-    od, nd = o["distill_cuda"]["result"], n["distill_cuda"]["result"]
-    ot, nt = o["global_threshold_8b_shape"]["result"], n["global_threshold_8b_shape"]["result"]
-    gq = ng.get("llmcompress_gptaq_0.5", {})
+def _rerun(h1, h3, h4) -> list[str]:
+    """The latest runs (current code: H100 on h3's date, H200 on h4's) beside the earliest H100 run."""
+    runs = [h1["sections"], h3["sections"], h4["sections"]]
+    g = [r["gptq_16layer_2048_8192"]["result"] for r in runs]
+    g8 = [r["gptq_llama3_8b_shape"]["result"] for r in runs]
+    w = [r["wanda_sparsegpt_16layer"]["result"] for r in runs]
+    d = [r["distill_cuda"]["result"] for r in runs]
+    t = [r["global_threshold_8b_shape"]["result"] for r in runs]
 
-    def tri(g):  # ours / theirs (ratio), our peak
-        return (f"{g['llmcompress']['gptq_s']} / {g['llm-compressor']['gptq_s']} "
-                f"(**{g['time_ratio_llmcompress_over_llmcompressor']}**), peak {g['llmcompress']['peak_gpu_mb']} MB")
+    def tri(x):  # ours / theirs (ratio), our peak
+        return (f"{x['llmcompress']['gptq_s']} / {x['llm-compressor']['gptq_s']} "
+                f"(**{x['time_ratio_llmcompress_over_llmcompressor']}**), peak {x['llmcompress']['peak_gpu_mb']} MB")
 
     def pr(v):
         return (f"{v['llmcompress']['prune_s']} / {v['llm-compressor']['prune_s']} (**{v['time_ratio']}**), "
                 f"peak {v['llmcompress']['peak_gpu_mb']} / {v['llm-compressor']['peak_gpu_mb']} MB")
 
-    ce = n["cuda_equals_cpu"]["result"]
+    def gq(x):
+        x = x.get("llmcompress_gptaq_0.5")
+        return f"{x['gptq_s']} s, peak {x['peak_gpu_mb']} MB" if x else "-"
+
+    def resident(x):  # the H200 run's pruning section shared its process with the 8B-shaped model
+        return " (our peak includes the 8B model left on the GPU, below)" if x is w[2] and "gpu_mb_allocated_before" not in x else ""
+
+    def row(label, cells):
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    tests = ["2 passed"] + [r["cuda_equals_cpu"]["result"]["pytest_tail"][-1].strip() for r in runs[1:]]
+    ce = runs[2]["cuda_equals_cpu"]["result"]
     return [
-        f"### Re-run on the current code ({h3['device']}, {h3['date']})", "",
-        f"`{h3['command']}`, then a second call for the pruning section (its llm-compressor child had hit the "
-        "60 s timeout the budget left it; the timeout is now at least 150 s and our rows are saved before the "
-        "anchor runs). Raw numbers: `scripts/results/gpu_h100_2026-11-27.json`; the CUDA tests' log beside it. "
-        "Times in one row come from one run; between the two dates the same GPU kind ran llm-compressor up to "
-        "1.4x slower, so compare the ratios.", "",
-        f"| check | {h1['date']} (H100) | {h3['date']} (H100, current code) |", "|---|---|---|",
-        f"| GPTQ 16-layer 2048 / 8192: llmcompress / llm-compressor s (ratio) | {tri(og)} | {tri(ng)} |",
-        f"| the same with GPTAQ (alpha 0.5) | - | {gq.get('gptq_s', '-')} s, peak {gq.get('peak_gpu_mb', '-')} MB |",
-        f"| GPTQ Llama-3-8B shape, llmcompress alone | {o8['gptq_s']} s, peak {o8['peak_gpu_mb']} MB | "
-        f"{n8['gptq_s']} s, peak {n8['peak_gpu_mb']} MB |",
-        f"| Wanda 50%, 16-layer: ours / theirs s (ratio) | {pr(ow['wanda'])} | {pr(nw['wanda'])} |",
-        f"| SparseGPT 50%, 16-layer | {pr(ow['sparsegpt'])} | {pr(nw['sparsegpt'])} |",
-        f"| global threshold, 6.98B bf16 weights | {ot['count']['best_s']} s | {nt['count']['best_s']} s "
-        f"(exact: {nt['exact']}) |",
-        *[f"| distill on CUDA, {k} | {od[k]['seconds']} s, reload diff {od[k]['reload_max_abs_diff']:.1e} | "
-          f"{nd[k]['seconds']} s, reload diff {nd[k]['reload_max_abs_diff']:.1e} |" for k in nd],
-        f"| `pytest tests/unit/test_gptq.py -k cuda` | 2 passed | {ce['pytest_tail'][-1].strip()} |", "",
-        "The three CUDA test failures of this run (tests written for this machine, run on it for the first time) had two causes:",
+        "### Re-runs on the current code (H100 2026-11-27, H200 2026-11-28)", "",
+        f"H200: `{h4['command']}`. H100: `{h3['command']}`, then a second call for the pruning section. Raw "
+        "numbers: `scripts/results/gpu_h100_2026-11-27.json`, `scripts/results/gpu_h200_2026-11-28.json`, the CUDA "
+        "tests' logs beside them. Times in one column come from one run; between dates the same GPU kind ran "
+        "llm-compressor up to 1.4x slower, so compare the ratios.", "",
+        f"| check | {h1['date']} (H100) | {h3['date']} (H100) | {h4['date']} (H200) |", "|---|---|---|---|",
+        row("GPTQ 16-layer 2048 / 8192: llmcompress / llm-compressor s (ratio)", [tri(x) for x in g]),
+        row("the same with GPTAQ (alpha 0.5)", [gq(x) for x in g]),
+        row("GPTQ Llama-3-8B shape, llmcompress alone", [f"{x['gptq_s']} s, peak {x['peak_gpu_mb']} MB" for x in g8]),
+        row("Wanda 50%, 16-layer: ours / theirs s (ratio)", [pr(x["wanda"]) + resident(x) for x in w]),
+        row("SparseGPT 50%, 16-layer", [pr(x["sparsegpt"]) + resident(x) for x in w]),
+        row("global threshold, 6.98B bf16 weights", [f"{x['count']['best_s']} s (exact: {x.get('exact', True)})"
+                                                     for x in t]),
+        *[row(f"distill on CUDA, {k}", [f"{x[k]['seconds']} s, reload diff {x[k]['reload_max_abs_diff']:.1e}"
+                                        for x in d]) for k in d[2]],
+        row("CUDA tests (`pytest -k cuda`)", tests), "",
+        "The CUDA tests: on 2026-11-27 `tests/unit/test_gptq.py -k cuda` only; on 2026-11-28 also the Wanda and "
+        "SparseGPT tests in `tests/unit/test_sparsity.py` (CUDA against CPU, plain and with `first_token_weight` "
+        "32: exact sparsity, mask agreement, equal distance from the original). The H100 run's three failures "
+        "had two causes, both fixed before the H200 run, which passed all nine:",
         "- `test_low_memory_on_cuda_matches_in_memory` (both alphas): writing a streamed layer failed with "
         "'Expected all tensors to be on the same device': the layer's weights were back on the CPU while its "
-        "quantization record (scales, zero points) stayed on the GPU. Fixed: a record now computes its codes on "
-        "the weight's device (`methods/quant/record.py`). Not yet re-run on a GPU (the session's device time was "
-        "spent).",
+        "quantization record (scales, zero points) stayed on the GPU. Fixed: a record computes its codes on "
+        "the weight's device (`methods/quant/record.py`).",
         "- `test_cuda_path_equals_cpu_path` with GPTAQ: logits moved 18.46 (CPU) against 17.16 (CUDA) from the "
-        "original, outside the test's 5% band. Not a defect of the CUDA path: on the CPU alone, five 1e-5 "
+        "original, outside the test's old 5% band. Not a defect of the CUDA path: on the CPU alone, five 1e-5 "
         "relative perturbations of the tiny model's weights scatter that deviation over 15.3-18.9 for GPTAQ "
         "(16.4-18.5 for GPTQ) while the summed GPTQ objective stays within 0.4% (`python "
-        "scripts/gptq_flip_scatter.py`). The test now compares the objective within 2% and the deviation "
-        "within 35%; not yet re-run on a GPU.",
+        "scripts/gptq_flip_scatter.py`). The test compares the objective within 2% and the deviation within 35%; "
+        f"on the H200, plain GPTQ: objective {ce['objective_cpu']:.4f} (CPU) / {ce['objective_cuda']:.4f} (CUDA), "
+        f"deviation {ce['logit_deviation_cpu']:.2f} / {ce['logit_deviation_cuda']:.2f}.",
         "",
-        "The engine's kept Linear inputs (bounded to a quarter of free memory, on the GPU when calibrating on "
-        "it) raised llmcompress's peak GPU memory since the earlier run (GPTQ 16-layer 2804 -> "
-        f"{ng['llmcompress']['peak_gpu_mb']} MB; Wanda 1195 -> {nw['wanda']['llmcompress']['peak_gpu_mb']} MB), "
-        "still far below the GPU's 80 GB; llm-compressor's peaks are lower.", ""]
+        "Peak GPU memory: the calibration engine keeps Linear inputs for replay (bounded to a quarter of the free "
+        "memory, on the GPU when calibrating on it), which raised llmcompress's peaks since the first run (GPTQ "
+        f"16-layer {g[0]['llmcompress']['peak_gpu_mb']} -> {g[1]['llmcompress']['peak_gpu_mb']} MB; Wanda "
+        f"{w[0]['wanda']['llmcompress']['peak_gpu_mb']} -> {w[1]['wanda']['llmcompress']['peak_gpu_mb']} MB), still "
+        "far below the GPU's memory; llm-compressor's peaks are lower. The H200 run's Wanda and SparseGPT peaks are "
+        "not comparable: its pruning section ran in the same process right after the 8B-shape sections, whose "
+        "model (8.0B bf16 parameters, about 15.3 GB) was still allocated, and both peaks sit exactly "
+        f"{w[2]['wanda']['llmcompress']['peak_gpu_mb'] - w[1]['wanda']['llmcompress']['peak_gpu_mb']} / "
+        f"{w[2]['sparsegpt']['llmcompress']['peak_gpu_mb'] - w[1]['sparsegpt']['llmcompress']['peak_gpu_mb']} MB "
+        "above the H100 run's. `gpu_check.py` now frees that model before the pruning section and records what "
+        "stays allocated.", ""]
 
 
 def main():
     h1, h2, h3 = _load("gpu_h100.json"), _load("gpu_h200.json"), _load("gpu_h100_2026-11-27.json")
-    lines = [f"## GPU checks ({h1['device']}, torch {h1['torch']}, transformers {h1['transformers']}, triton "
-             f"{h1['triton']}; runs of {h1['date']} and {h3['date']})", "",
+    h4 = _load("gpu_h200_2026-11-28.json")
+    lines = [f"## GPU checks ({h1['device']} and {h4['device']}; torch {h1['torch']}, transformers "
+             f"{h1['transformers']}, triton {h1['triton']}; runs of {h1['date']}, {h3['date']} and {h4['date']})", "",
              "Rendered by `python scripts/gpu_report.py` from the JSON files in `scripts/results/`.", ""]
-    lines += _rerun(h1, h3)
+    lines += _rerun(h1, h3, h4)
     lines += ["### Earlier runs, in detail", "",
               f"`{h1['command']}` ({h1['date']}); later sections: `--only=...` runs named in "
               "`scripts/results/gpu_h100.json` (and `gpu_h200.json` for the earlier H200 run).", ""]
-    lines += _gptq(h1, h2) + _kernels(h1) + _threshold(h1, h2) + _prune_distill(h1) + _sparse(h1, h2) + _bnb(h2)
+    lines += _gptq(h1, h2) + _kernels(h1) + _threshold(h1, h2) + _prune_distill(h1) + _sparse(h1, h2, h4) + _bnb(h2, h4)
     write_section("gpu", "\n".join(lines))
     print("\n".join(lines))
 
