@@ -30,19 +30,23 @@ GROUP = {"smollm2-135m": 64, "qwen2.5-coder-0.5b": 128}
 SAMPLES = {"smollm2-135m": 128, "qwen2.5-coder-0.5b": 64}
 
 
-def unused_windows(tok, n_samples: int, seq_len: int, count: int = 16) -> torch.Tensor:
-    """The last ``count`` windows of ``wiki_calib`` that no calibration window overlaps."""
+def unused_windows(tok, n_samples: int, seq_len: int, count: int = 16, seeds: tuple[int, ...] = (0,)) -> torch.Tensor:
+    """The last ``count`` windows of ``wiki_calib`` that no calibration window of any of ``seeds``'
+    draws overlaps."""
     ids = tokenize_source(tok, CalibrationConfig(source="wiki_calib"))
-    gen = torch.Generator().manual_seed(0)  # the draw of calibration_batches (seed 0)
-    starts = torch.randint(0, len(ids) - seq_len, (n_samples,), generator=gen)
     covered = torch.zeros(len(ids), dtype=torch.bool)
-    for s in starts.tolist():
-        covered[s : s + seq_len] = True
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)  # the draw of calibration_batches with this seed
+        starts = torch.randint(0, len(ids) - seq_len, (n_samples,), generator=gen)
+        for s in starts.tolist():
+            covered[s : s + seq_len] = True
     out, end = [], len(ids)
     while len(out) < count and end >= seq_len:
         if not covered[end - seq_len : end].any():
             out.append(ids[end - seq_len : end])
         end -= seq_len
+    if len(out) < count:
+        raise ValueError(f"only {len(out)} wiki_calib windows are free of the calibration draws, {count} asked for")
     return torch.stack(out[::-1])
 
 

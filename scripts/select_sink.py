@@ -1,0 +1,166 @@
+"""Choose ``first_token_weight`` for Wanda and SparseGPT on selection text, never on evaluation text.
+
+``first_token_weight`` w counts each calibration sequence's first position w times in Wanda's
+input norms and in SparseGPT's Hessian (``methods/prune/config.py``, ``FirstTokenWeight``): the
+first position carries the attention sink's massive activation (Sun et al., 2024, "Massive
+activations in large language models"; Xiao et al., 2024, StreamingLLM), which a plain mean over
+positions dilutes. Probes on the evaluation texts favoured w = 32 over 512 and over 1; this script
+makes the choice where no benchmark table looks:
+
+* ``wiki_calib`` windows that no calibration window of seeds 0, 1 or 2 overlaps (the last 16 such
+  512-token windows);
+* ``python_code`` (the standard library's source: another domain; the benchmarks evaluate on
+  ``python_docs`` prose).
+
+Calibration is ``bench_prune.py``'s: 32 random 512-token windows of ``wiki_calib`` per draw (seed).
+Each pruning runs in a child process (``scripts/anchors/llmcompress_prune.py``) at uniform 50%.
+Results go to a JSON file as each run ends, and a later call skips what is there, so the draws can
+be split over several runs; the table covers the draws present for every weight. Score of a
+weight: the mean over models, draws and both texts of ``log(ppl / ppl with w = 1)``; per method
+the lowest score is the choice (negative: better than the plain mean).
+
+Usage: python scripts/select_sink.py [--models ...] [--methods wanda sparsegpt]
+       [--weights 1 8 32 128 512] [--seeds 0] [--results scripts/results/select_sink.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from _bench import ROOT, evaluate_dir, machine, ppl_by_text, run_child, this_python, work_dir, write_section
+from select_gptaq_damp import unused_windows
+from llmcompress import models
+from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
+
+SAMPLES = 32
+TEXTS = ("wiki_calib (unused windows)", "python_code")
+ALL_SEEDS = (0, 1, 2)  # selection windows avoid every draw this script may use
+
+
+def key(*parts) -> str:
+    return "|".join(str(p) for p in parts)
+
+
+def run(args, results: dict, path: Path) -> None:
+    work = work_dir(args.work, "select_sink_")
+    child = [this_python(), str(ROOT / "scripts/anchors/llmcompress_prune.py")]
+
+    def save():
+        path.write_text(json.dumps(results, indent=1, sort_keys=True))
+
+    for alias in args.models:
+        _, tok, src = models.load(alias, dtype="float32")
+        windows = {TEXTS[0]: unused_windows(tok, SAMPLES, 512, seeds=ALL_SEEDS),
+                   TEXTS[1]: evaluation_windows(tok, EvaluationConfig(source="python_code", max_tokens=8192, seq_len=512))}
+        if key(alias, "dense") not in results:
+            model, _, _ = models.load(src, dtype="float32")
+            results[key(alias, "dense")] = {"ppl": ppl_by_text(model, windows, "dense")}
+            del model
+            save()
+        for seed in args.seeds:
+            ids = calibration_batches(tok, CalibrationConfig(source="wiki_calib", num_samples=SAMPLES, seq_len=512, seed=seed))
+            torch.save(ids, work / "ids.pt")
+            for method in args.methods:
+                for w in args.weights:
+                    k = key(alias, method, seed, w)
+                    if k in results:
+                        continue
+                    stage = {"method": method, "sparsity": args.sparsity, "first_token_weight": w}
+                    out = work / "out"
+                    shutil.rmtree(out, ignore_errors=True)
+                    info = run_child(child + [json.dumps(stage), str(src.path), str(work / "ids.pt"), str(out)])
+                    results[k] = {"ppl": evaluate_dir(out, windows, dtype=torch.float32)["ppl"],
+                                  "prune_s": round(info["prune_s"], 1)}
+                    shutil.rmtree(out, ignore_errors=True)
+                    print(k, results[k], flush=True)
+                    save()
+
+
+def report(args, results: dict) -> str:
+    weights = sorted({float(k.split("|")[3]) for k in results if k.count("|") == 3})
+    # draws present for every weight of a (model, method): only those enter the table and the score
+    draws = {}
+    for alias in args.models:
+        for method in args.methods:
+            seeds = {int(k.split("|")[2]) for k in results if k.startswith(f"{alias}|{method}|")}
+            draws[(alias, method)] = sorted(s for s in seeds if all(key(alias, method, s, w) in results for w in weights))
+
+    def ppl(alias, method, seed, w):
+        return results[key(alias, method, seed, w)]["ppl"]
+
+    def score(method, w) -> float | None:
+        logs = [math.log(ppl(a, method, s, w)[t] / ppl(a, method, s, 1.0)[t])
+                for a in args.models for s in draws[(a, method)] for t in TEXTS]
+        return sum(logs) / len(logs) if logs else None
+
+    chosen = {}
+    for method in args.methods:
+        scored = [(score(method, w), w) for w in weights if score(method, w) is not None]
+        if scored:
+            chosen[method] = min(scored)[1]
+    rows = []
+    for alias in args.models:
+        d = results[key(alias, "dense")]["ppl"]
+        rows.append(f"| {alias} | dense | - | {d[TEXTS[0]]:.2f} | {d[TEXTS[1]]:.2f} | - | - |")
+        for method in args.methods:
+            seeds = draws[(alias, method)]
+            if not seeds:
+                continue
+            for w in weights:
+                per = [ppl(alias, method, s, w) for s in seeds]
+                mean = {t: sum(p[t] for p in per) / len(per) for t in TEXTS}
+                own = [math.log(ppl(alias, method, s, w)[t] / ppl(alias, method, s, 1.0)[t]) for s in seeds for t in TEXTS]
+                label = f"x{w:g}" + (" (plain mean)" if w == 1 else "")
+                if chosen.get(method) == w:
+                    label = f"**{label}** (chosen)"
+                secs = sum(results[key(alias, method, s, w)]["prune_s"] for s in seeds) / len(seeds)
+                rows.append(f"| {alias} | {method} 50%, first token {label} | {', '.join(map(str, seeds))} | "
+                            f"{mean[TEXTS[0]]:.2f} | {mean[TEXTS[1]]:.2f} | {sum(own) / len(own):+.4f} | {secs:.0f} |")
+    cmd = shlex.join(["python", "scripts/select_sink.py", *sys.argv[1:]])
+    return (f"## first_token_weight, chosen on selection text ({', '.join(args.models)})\n\n`{cmd}` (runs are "
+            f"merged from `{args.results}`; the latest on {machine()}). Wanda and SparseGPT at uniform "
+            f"{args.sparsity:.0%}, each calibration sequence's first position counted w times (w = 1: the "
+            "plain mean), calibrated on 32 random 512-token windows of `wiki_calib` per draw (the seeds column). "
+            "Perplexity, mean over the draws, on 16 `wiki_calib` windows that no draw of seeds 0-2 overlaps and on "
+            "8192 tokens of `python_code`; neither text appears in any benchmark table. Score: the mean over draws "
+            "and both texts of log(ppl / ppl with w = 1) on that row's model; the choice per method minimises it "
+            "over both models. Prune time in seconds (child process, this machine).\n\n"
+            f"| model | run | seeds | ppl {TEXTS[0]} | ppl {TEXTS[1]} | score | prune (s) |\n|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n\n"
+            + "Chosen (both models): " + "; ".join(f"{m} w={w:g} (score {score(m, w):+.4f})" for m, w in chosen.items())
+            + ".\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"], choices=["wanda", "sparsegpt"])
+    ap.add_argument("--weights", nargs="+", type=float, default=[1.0, 8.0, 32.0, 128.0, 512.0])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], choices=ALL_SEEDS)
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--results", default="scripts/results/select_sink.json")
+    ap.add_argument("--report-only", action="store_true", help="render the table from the results file")
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--section", default="sink_select")
+    args = ap.parse_args()
+    if 1.0 not in args.weights:
+        ap.error("--weights must include 1 (the plain mean every score compares against)")
+    path = ROOT / args.results
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if not args.report_only:
+        run(args, results, path)
+    md = report(args, results)
+    print(md)
+    write_section(args.section, md)
+
+
+if __name__ == "__main__":
+    main()
