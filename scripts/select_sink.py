@@ -16,8 +16,8 @@ Calibration is ``bench_prune.py``'s: 32 random 512-token windows of ``wiki_calib
 Each pruning runs in a child process (``scripts/anchors/llmcompress_prune.py``) at uniform 50%.
 Results go to a JSON file as each run ends, and a later call skips what is there, so the draws can
 be split over several runs; the table covers the draws present for every weight. Score of a
-weight: the mean over models, draws and both texts of ``log(ppl / ppl with w = 1)``; per method
-the lowest score is the choice (negative: better than the plain mean).
+weight on a model: the mean over draws and both texts of ``log(ppl / ppl with w = 1)``; per method
+the lowest mean over the models is the choice (negative: better than the plain mean).
 
 Usage: python scripts/select_sink.py [--models ...] [--methods wanda sparsegpt]
        [--weights 1 8 32 128 512] [--seeds 0] [--results scripts/results/select_sink.json]
@@ -96,10 +96,14 @@ def report(args, results: dict) -> str:
     def ppl(alias, method, seed, w):
         return results[key(alias, method, seed, w)]["ppl"]
 
-    def score(method, w) -> float | None:
-        logs = [math.log(ppl(a, method, s, w)[t] / ppl(a, method, s, 1.0)[t])
-                for a in args.models for s in draws[(a, method)] for t in TEXTS]
+    def model_score(alias, method, w) -> float | None:
+        logs = [math.log(ppl(alias, method, s, w)[t] / ppl(alias, method, s, 1.0)[t])
+                for s in draws[(alias, method)] for t in TEXTS]
         return sum(logs) / len(logs) if logs else None
+
+    def score(method, w) -> float | None:  # each model counts once, whatever its number of draws
+        per_model = [x for a in args.models if (x := model_score(a, method, w)) is not None]
+        return sum(per_model) / len(per_model) if per_model else None
 
     chosen = {}
     for method in args.methods:
@@ -117,13 +121,12 @@ def report(args, results: dict) -> str:
             for w in weights:
                 per = [ppl(alias, method, s, w) for s in seeds]
                 mean = {t: sum(p[t] for p in per) / len(per) for t in TEXTS}
-                own = [math.log(ppl(alias, method, s, w)[t] / ppl(alias, method, s, 1.0)[t]) for s in seeds for t in TEXTS]
                 label = f"x{w:g}" + (" (plain mean)" if w == 1 else "")
                 if chosen.get(method) == w:
                     label = f"**{label}** (chosen)"
                 secs = sum(results[key(alias, method, s, w)]["prune_s"] for s in seeds) / len(seeds)
                 rows.append(f"| {alias} | {method} 50%, first token {label} | {', '.join(map(str, seeds))} | "
-                            f"{mean[TEXTS[0]]:.2f} | {mean[TEXTS[1]]:.2f} | {sum(own) / len(own):+.4f} | {secs:.0f} |")
+                            f"{mean[TEXTS[0]]:.2f} | {mean[TEXTS[1]]:.2f} | {model_score(alias, method, w):+.4f} | {secs:.0f} |")
     cmd = shlex.join(["python", "scripts/select_sink.py", *sys.argv[1:]])
     return (f"## first_token_weight, chosen on selection text ({', '.join(args.models)})\n\n`{cmd}` (runs are "
             f"merged from `{args.results}`; the latest on {machine()}). Wanda and SparseGPT at uniform "
@@ -131,8 +134,8 @@ def report(args, results: dict) -> str:
             "plain mean), calibrated on 32 random 512-token windows of `wiki_calib` per draw (the seeds column). "
             "Perplexity, mean over the draws, on 16 `wiki_calib` windows that no draw of seeds 0-2 overlaps and on "
             "8192 tokens of `python_code`; neither text appears in any benchmark table. Score: the mean over draws "
-            "and both texts of log(ppl / ppl with w = 1) on that row's model; the choice per method minimises it "
-            "over both models. Prune time in seconds (child process, this machine).\n\n"
+            "and both texts of log(ppl / ppl with w = 1) on that row's model; the choice per method minimises its "
+            "mean over the models (each model once, whatever its number of draws). Prune time in seconds (child process, this machine).\n\n"
             f"| model | run | seeds | ppl {TEXTS[0]} | ppl {TEXTS[1]} | score | prune (s) |\n|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n\n"
             + "Chosen (both models): " + "; ".join(f"{m} w={w:g} (score {score(m, w):+.4f})" for m, w in chosen.items())
