@@ -57,14 +57,13 @@ def run(args, results: dict, path: Path) -> None:
         path.write_text(json.dumps(results, indent=1, sort_keys=True))
 
     for alias in args.models:
-        _, tok, src = models.load(alias, dtype="float32")
+        model, tok, src = models.load(alias, dtype="float32")
         windows = {TEXTS[0]: unused_windows(tok, SAMPLES, 512, seeds=ALL_SEEDS),
                    TEXTS[1]: evaluation_windows(tok, EvaluationConfig(source="python_code", max_tokens=8192, seq_len=512))}
         if key(alias, "dense") not in results:
-            model, _, _ = models.load(src, dtype="float32")
             results[key(alias, "dense")] = {"ppl": ppl_by_text(model, windows, "dense")}
-            del model
             save()
+        del model  # the children load their own copies
         for seed in args.seeds:
             ids = calibration_batches(tok, CalibrationConfig(source="wiki_calib", num_samples=SAMPLES, seq_len=512, seed=seed))
             torch.save(ids, work / "ids.pt")
