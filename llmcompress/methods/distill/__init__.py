@@ -12,6 +12,7 @@ Recipe (the model being compressed is the student; the calibration section is th
       temperature: 2.0
       alpha: 0.5                      # weight of plain cross-entropy on the labels
       top_k: 64                       # >0: cache the teacher's top-k logits once, train offline
+      # hidden_weight: 1.0            # + decoder-layer outputs (students as wide as the teacher; top_k: 0)
       max_steps: 200
       learning_rate: 5.0e-5
       # lora_r: 16                    # train LoRA adapters instead (peft), merged into the output
@@ -35,7 +36,7 @@ from ...distributed import main_process_first, world_size
 from ...errors import ConfigError
 from ...modeling import count_parameters
 from ...registry import MethodConfig, register_method
-from .losses import LOSSES
+from .losses import LOSSES, layer_pairs
 
 logger = logging.getLogger(__name__)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -56,6 +57,7 @@ class DistillConfig(MethodConfig):
     alpha: float = field(default=0.0, metadata={"help": "weight of cross-entropy on the labels; 1 - alpha on the distillation loss"})
     top_k: int = field(default=0, metadata={"help": ">0: train from a cache of the teacher's top-k logits (teacher freed); 0: teacher in the loop"})
     cache_dir: str = field(default="", metadata={"help": "where the logit cache lives (default: ~/.cache/llmcompress/distill/KEY)"})
+    hidden_weight: float = field(default=0.0, metadata={"help": ">0: also match the teacher's decoder-layer outputs (relative squared error, this weight); needs the teacher in the loop (top_k: 0) and the same hidden size"})
     chunk_size: int = field(default=256, metadata={"help": "tokens per chunk of the loss (bounds its float32 memory)"})
     max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
@@ -85,6 +87,10 @@ class DistillConfig(MethodConfig):
         check_range("beta", self.beta, 0, 1)
         check_range("alpha", self.alpha, 0, 1)
         check_range("top_k", self.top_k, 0)
+        check_range("hidden_weight", self.hidden_weight, 0)
+        if self.hidden_weight and self.top_k:
+            raise ConfigError("hidden_weight matches the teacher's decoder-layer outputs, which the top-k logit cache "
+                              "does not hold: set top_k: 0 (teacher in the loop) or hidden_weight: 0", "hidden_weight")
         for key in ("max_steps", "batch_size", "grad_accum", "chunk_size", "logging_steps"):
             check_range(key, getattr(self, key), 1)
         check_range("learning_rate", self.learning_rate, 0, lo_open=True)
@@ -100,6 +106,17 @@ class DistillConfig(MethodConfig):
         teacher_cfg = models.load_config(teacher_src)
         if teacher_cfg is not None:
             check_vocab(config, teacher_cfg, self.teacher, _tokenizer_of(source), _tokenizer_of(teacher_src))
+            if self.hidden_weight:
+                check_widths(config, teacher_cfg, self.teacher)
+
+
+def check_widths(student_cfg, teacher_cfg, teacher: str) -> None:
+    """The intermediate-state loss compares hidden states element by element: same hidden size."""
+    sh, th = getattr(student_cfg, "hidden_size", None), getattr(teacher_cfg, "hidden_size", None)
+    if sh != th:
+        raise ConfigError(f"hidden_weight compares decoder-layer outputs, but the student's hidden size is {sh} and "
+                          f"teacher '{teacher}''s {th}: use it for students as wide as the teacher (a structurally "
+                          "pruned copy of it), or set hidden_weight: 0", "hidden_weight")
 
 
 def _checkpointing_arg() -> str:
@@ -197,6 +214,10 @@ def apply_distill(model, cfg: DistillConfig, ctx):
     ids = ctx.calibration_ids()
     teacher, teacher_tok, teacher_src = _load_teacher(cfg, device)
     check_vocab(model.config, teacher.config, cfg.teacher, ctx.tokenizer, teacher_tok)
+    pairs = None
+    if cfg.hidden_weight:
+        check_widths(model.config, teacher.config, cfg.teacher)
+        pairs = layer_pairs(model.config.num_hidden_layers, teacher.config.num_hidden_layers)
     n_student, n_teacher = count_parameters(model), count_parameters(teacher)
     if n_student > n_teacher:
         raise ConfigError(f"the student ({n_student:,} parameters) is larger than the teacher '{cfg.teacher}' "
@@ -205,7 +226,7 @@ def apply_distill(model, cfg: DistillConfig, ctx):
     notes = {"teacher": teacher_src.base_model, "teacher_parameters": n_teacher, "student_parameters": n_student,
              "samples": len(ids), "seq_len": ids.shape[1], "data": ctx.notes.get("calibration_source", "calibration text"),
              "loss": cfg.loss, "temperature": cfg.temperature,
-             "alpha": cfg.alpha, "top_k": cfg.top_k}
+             "alpha": cfg.alpha, "top_k": cfg.top_k, **({"hidden_weight": cfg.hidden_weight} if pairs else {})}
 
     cache = None
     if cfg.top_k:
@@ -259,7 +280,8 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         use_cpu=device.type == "cpu", disable_tqdm=False, **_precision(cfg, device))
     trainer = DistillTrainer(model=student, args=args, train_dataset=TokenWindows(ids), data_collator=collate,
                              teacher=teacher, cache=cache, loss=cfg.loss, temperature=cfg.temperature, beta=cfg.beta,
-                             alpha=cfg.alpha, chunk_size=cfg.chunk_size, callbacks=list(ctx.callbacks))
+                             alpha=cfg.alpha, chunk_size=cfg.chunk_size, hidden_weight=cfg.hidden_weight,
+                             layer_pairs=pairs, callbacks=list(ctx.callbacks))
     resume = None
     if cfg.resume:
         from transformers.trainer_utils import get_last_checkpoint

@@ -23,6 +23,14 @@ rewards the student for pushing the tail to zero. Without ``t_tail`` (top-k logi
 compares the teacher's softmax over the k tokens with the student's full-vocabulary log-probabilities
 there, and reverse KL and JSD both distributions renormalized over the k tokens; measured on
 SmolLM2-135M, that truncation made the student over-confident (see BENCHMARKS.md).
+
+Intermediate states (optional, for students as wide as the teacher, such as a structurally pruned
+copy of it): the student's decoder-layer outputs follow the teacher's, as in Minitron's
+intermediate-state loss (Muralidharan et al., 2024, "Compact Language Models via Pruning and
+Knowledge Distillation") and TinyBERT's (Jiao et al., 2020). The error of each token is relative to
+the teacher's state norm, because the residual stream's scale differs by orders of magnitude
+between positions (the first one carries the attention sink's massive activation) and layers: a
+plain MSE would train little else.
 """
 
 from __future__ import annotations
@@ -171,6 +179,42 @@ def distill_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, mask: torch.Ten
     """Mean divergence over the ``mask``-ed tokens (see :func:`token_losses`)."""
     return token_losses(s_logits, t_logits=t_logits, t_indices=t_indices, t_tail=t_tail, mask=mask, kind=kind,
                         temperature=temperature, beta=beta, chunk_size=chunk_size, reuse_logits=reuse_logits)
+
+
+def layer_pairs(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """Which teacher decoder layer's output each student layer's output learns, as indices into the
+    ``hidden_states`` tuples that transformers returns (0 is the embeddings, ``i`` the output of
+    decoder layer ``i``): student layer ``i`` of ``n_student`` against teacher layer
+    ``round(i * n_teacher / n_student)``, so the last layers meet and a shallower student learns
+    evenly spaced teacher layers (the identity when the depths are equal)."""
+    if n_student < 1 or n_teacher < 1:
+        raise ValueError(f"layer counts must be positive, got {n_student} and {n_teacher}")
+    return [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]
+
+
+def hidden_state_loss(s_states, t_states, pairs: list[tuple[int, int]], mask: torch.Tensor | None = None,
+                      eps: float = 1e-6) -> torch.Tensor:
+    """Mean over layer pairs and ``mask``-ed tokens of ``||h_s - h_t||^2 / ||h_t||^2``.
+
+    Args:
+        s_states, t_states: ``hidden_states`` tuples of ``[batch, seq, hidden]`` tensors (the student's
+            carry gradients); both models must have the same hidden size.
+        pairs: ``(student index, teacher index)`` into the tuples (:func:`layer_pairs`).
+        mask: ``[batch, seq]``, the positions that count (padding false).
+    """
+    total = 0.0
+    for si, ti in pairs:
+        s, t = s_states[si].float(), t_states[ti].float().to(s_states[si].device)
+        if s.shape != t.shape:
+            raise ValueError(f"student state {si} has shape {tuple(s.shape)}, teacher state {ti} {tuple(t.shape)}: "
+                             "the intermediate-state loss needs the same hidden size")
+        rel = (s - t).pow(2).sum(-1) / (t.pow(2).sum(-1) + eps)
+        if mask is not None:
+            m = mask.to(rel.device, rel.dtype)
+            total = total + (rel * m).sum() / m.sum().clamp(min=1)
+        else:
+            total = total + rel.mean()
+    return total / len(pairs)
 
 
 def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
