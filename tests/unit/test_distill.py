@@ -505,3 +505,14 @@ def test_hidden_weight_with_another_width_is_refused_before_loading(tmp_path, to
     with pytest.raises(ConfigError, match="hidden size is 256 and teacher .*384"):
         compress(str(student), recipe, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cross_entropy_alone_builds_no_cache(tiny_model_dir, tokenizer, tmp_path):
+    """alpha 1 never reads the teacher's logits: no cache is built even when top_k is set."""
+    ids = torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(0))
+    ctx = ctx_for(tokenizer, ids)
+    apply_distill(make_model(layers=1, seed=2), DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="float32",
+                                                              max_steps=1, batch_size=2, alpha=1.0, top_k=8,
+                                                              cache_dir=str(tmp_path / "cache")), ctx)
+    assert not (tmp_path / "cache").exists() and "cache_dir" not in ctx.notes["distill"]
+    assert ctx.notes["distill"]["steps"] == 1

@@ -229,7 +229,12 @@ def apply_distill(model, cfg: DistillConfig, ctx):
              "alpha": cfg.alpha, "top_k": cfg.top_k, **({"hidden_weight": cfg.hidden_weight} if pairs else {})}
 
     cache = None
-    if cfg.top_k:
+    if cfg.alpha == 1 and not cfg.hidden_weight:
+        # cross-entropy alone (the baseline runs): the teacher's logits are never read, so no cache
+        # is built and the teacher, loaded for the checks above, is freed
+        del teacher
+        teacher = None
+    elif cfg.top_k:
         folder = Path(cfg.cache_dir or cache_dir() / "distill" / cache_key(teacher_src.base_model, ids, cfg.top_k,
                                                                             cfg.temperature))
         with main_process_first():  # several processes: the main one builds, the others read
