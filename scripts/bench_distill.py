@@ -43,8 +43,6 @@ VARIANTS = {  # key: (label, DistillConfig options); top_k: 0 means the teacher 
     # decoder-layer outputs too (students as wide as the teacher: the pruned copy, setup (b)); teacher online
     "fkl_ce_hid": ("forward KL + CE + layer outputs (teacher online)", dict(alpha=0.5, top_k=0, hidden_weight=1.0)),
     "fkl_ce_hid4": ("forward KL + CE + 4 x layer outputs (teacher online)", dict(alpha=0.5, top_k=0, hidden_weight=4.0)),
-    "fkl_hid": ("forward KL + layer outputs (teacher online)", dict(alpha=0.0, top_k=0, hidden_weight=1.0)),
-    "ce_hid": ("CE + layer outputs (teacher online)", dict(alpha=1.0, top_k=0, hidden_weight=1.0)),
 }
 DEFAULT_VARIANTS = "ce,fkl,fkl_ce,fkl_t2_ce,rkl_ce,jsd_ce,online_naive"
 
