@@ -24,6 +24,7 @@ from _bench import ROOT, evaluate_dir, machine, ppl_by_text, python_of, run_chil
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
 from llmcompress.methods.prune import PruneConfig, apply_prune
+from llmcompress.methods.sparsegpt import SparseGPTConfig
 from llmcompress.methods.wanda import WandaConfig
 from llmcompress.modeling import count_parameters
 
@@ -56,6 +57,12 @@ def sink_rows(weights):
             for owl in ("", ", OWL")]
 
 
+# --plain-rows: the calibrated 50% and 2:4 rows again with the papers' plain mean over positions
+# (first_token_weight 1), beside the defaults (chosen on selection text, bench:sink_select).
+PLAIN_ROWS = [(f"{label}, first token x1", {**stage, "first_token_weight": 1})
+              for label, stage in OURS if stage["method"] in ("wanda", "sparsegpt")]
+
+
 def gptaq_rows(alphas):
     """SparseGPT fitted to the full-precision model's outputs (``gptaq_alpha``), 50% and 2:4."""
     return [(f"SparseGPT {label}, asymmetric (alpha {a:g})", {"method": "sparsegpt", **opt, "gptaq_alpha": a})
@@ -75,6 +82,8 @@ def main():
     ap.add_argument("--sparsity", type=float, default=0.5, help="magnitude pruning sparsity")
     ap.add_argument("--dtype-rows", action="store_true", help="also the 2:4 runs with the other calibration dtype")
     ap.add_argument("--owl-rows", action="store_true", help="also Wanda and SparseGPT with OWL allocation, and Wanda at 70%%")
+    ap.add_argument("--plain-rows", action="store_true",
+                    help="also Wanda and SparseGPT 50%% and 2:4 with first_token_weight 1 (the papers' plain mean)")
     ap.add_argument("--sink-rows", action="store_true",
                     help="also Wanda and SparseGPT 50%% (uniform and OWL) with the first calibration position "
                          "weighted by each of --sink-weights")
@@ -100,7 +109,7 @@ def main():
                     help="calibration seeds: each calibrated row (ours and llm-compressor's) runs once per seed on "
                          "that seed's windows, and the table adds each row's mean over the seeds")
     args = ap.parse_args()
-    ours = OURS + (DTYPE_ROWS if args.dtype_rows else []) + (OWL_ROWS if args.owl_rows else []) + (sink_rows(args.sink_weights) if args.sink_rows else []) + gptaq_rows(args.gptaq)
+    ours = OURS + (PLAIN_ROWS if args.plain_rows else []) + (DTYPE_ROWS if args.dtype_rows else []) + (OWL_ROWS if args.owl_rows else []) + (sink_rows(args.sink_weights) if args.sink_rows else []) + gptaq_rows(args.gptaq)
     unknown = set(args.rows or ()) - {label for label, _ in ours}
     if unknown:
         ap.error(f"--rows: no such row {sorted(unknown)}; rows: {[label for label, _ in ours]}")
@@ -177,6 +186,7 @@ def main():
                         f"same count: {timing[tool]['zeros'] == timing['torch']['zeros']} |")
     samples = ", ".join(f"{m}: {n}" for m, n in zip(args.models, args.samples + args.samples[-1:] * len(args.models)))
     mag_owl, cal_owl = PruneConfig(scope="owl"), WandaConfig(allocation="owl")
+    w_wanda, w_sgpt = WandaConfig().first_token_weight, SparseGPTConfig().first_token_weight
     table = (
         "## Pruning: magnitude, Wanda, SparseGPT, 2:4 and structured, beside llm-compressor"
         + (f" ({', '.join(args.models)})" if args.section != "prune" else "") + "\n\n"
@@ -187,7 +197,12 @@ def main():
         f"{' (a mean row averages a method over the seeds; its time is the mean, its memory the largest)' if len(args.seeds) > 1 else ''}, "
         f"the same token ids for llmcompress and llm-compressor ({samples} windows); llmcompress's calibration "
         "forwards run in bf16 (the default; "
-        f"llm-compressor runs the float32 model as loaded). Perplexity on the first {args.eval_tokens} "
+        f"llm-compressor runs the float32 model as loaded). llmcompress's Wanda counts the first position of "
+        f"each calibration window as {w_wanda:g} tokens in its input norms and SparseGPT as {w_sgpt:g} in its "
+        "Hessian (the `first_token_weight` defaults, chosen on selection text: `bench:sink_select`); "
+        "llm-compressor takes the plain mean over positions, as the papers do"
+        + ("; rows `first token x1` run llmcompress with that plain mean" if args.plain_rows else "") + ". "
+        f"Perplexity on the first {args.eval_tokens} "
         "tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` (another domain), "
         "every output evaluated by the same code in float32. Prune time and peak RSS are measured inside each "
         "tool's own child process (model load excluded from the time, included in the memory); '-' for the "

@@ -45,7 +45,7 @@ def main():
     model, tok, src = models.load(args.model, dtype="float32")
     win = evaluation_windows(tok, EvaluationConfig(source="wiki_eval", max_tokens=8192, seq_len=512))
     ids = {s: calibration_batches(tok, CalibrationConfig(num_samples=32, seq_len=512, seed=s)) for s in sorted({*args.seeds, args.seed})}
-    cfg = wanda.WandaConfig(sparsity=0.5, allocation="owl")
+    cfg = wanda.WandaConfig(sparsity=0.5, allocation="owl", first_token_weight=1)  # the plain mean bench:owl_sink studied
     layers = cfg.select(model)
     groups = list(decoder_layer_groups(model, layers).values())
     alloc = {}

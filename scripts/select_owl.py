@@ -74,7 +74,7 @@ def main():
         ids = calibration_batches(tok, CalibrationConfig(source="wiki_calib", num_samples=SAMPLES, seq_len=512, seed=0))
         torch.save(ids, work / "ids.pt")
         for owl in [None] + grids["wanda"]:
-            stage = {"method": "wanda", "sparsity": args.sparsity}
+            stage = {"method": "wanda", "sparsity": args.sparsity, "first_token_weight": 1}  # as when selected (bench:owl_select)
             if owl is not None:
                 stage.update(allocation="owl", owl_threshold=owl[0], owl_lambda=owl[1])
             out = work / "out"

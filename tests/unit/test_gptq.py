@@ -665,3 +665,32 @@ def test_kept_inputs_share_one_memory_budget(monkeypatch):
     assert runner._affordable(mods, ("a", "b", "c")) == ("a", "b")
     mods["a"] = nn.Linear(64, 16)  # needs the whole budget and more: skipped, the others still fit
     assert runner._affordable(mods, ("a", "b", "c")) == ("b", "c")
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
+def test_fast_calibration_dtype_follows_the_device(tiny_model_dir, monkeypatch, native):
+    """The default calibration_dtype 'fast' runs the forwards in bf16 where the device computes
+    it natively and in float32 where it would emulate it (AVX2-only CPUs); named dtypes are
+    taken as given, 'auto' keeps the model's."""
+    from llmcompress import calibration, load_model
+    from llmcompress.methods import layerwise
+
+    monkeypatch.setattr(calibration, "native_bf16", lambda device: native)
+    assert GPTQConfig().calibration_dtype == "fast"
+    assert calibration.resolve_calibration_dtype("fast", "cpu") == (torch.bfloat16 if native else torch.float32)
+    assert calibration.resolve_calibration_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert calibration.resolve_calibration_dtype("auto", "cpu") is None
+    model, _, _ = load_model(str(tiny_model_dir))
+    ids = reference_ids(model.config.vocab_size)[:, :16].repeat(2, 1)
+    seen = set()
+
+    def accumulate(state, x, count):
+        seen.add(x.dtype)
+        return None, count + 1
+
+    todo = {n: None for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "layers" in n}
+    layerwise.calibrate_layerwise(model, ids, "cpu", todo, accumulate, lambda *a: None, batch_size=2)
+    assert seen == {torch.bfloat16 if native else torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the master weights keep their dtype
+    with pytest.raises(ConfigError, match="calibration_dtype"):
+        GPTQConfig(calibration_dtype="int8")

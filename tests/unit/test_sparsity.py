@@ -107,9 +107,9 @@ def test_wanda_first_token_weight_is_a_weighted_mean():
 @pytest.mark.parametrize("cls", [WandaConfig, SparseGPTConfig])
 def test_first_token_weight_changes_the_masks(tiny_model_dir, tmp_path, cls):
     """The option reaches the pruning pass: the masks differ, the sparsity stays exact, and the
-    saved output reloads exactly."""
+    saved output reloads exactly; left out, it takes the method's default."""
     masks = {}
-    for w in (1.0, 64.0):
+    for w in (1.0, None, cls.FIRST_TOKEN_WEIGHT):
         res = compress(str(tiny_model_dir), Recipe(stages=[cls(sparsity=0.5, first_token_weight=w)], name="p",
                                                    calibration=CALIB), tmp_path / str(w), evaluation=False)
         assert res.reload_max_abs_diff == 0
@@ -119,7 +119,21 @@ def test_first_token_weight_changes_the_masks(tiny_model_dir, tmp_path, cls):
                 assert (m.sum(1) == m.shape[1] // 2).all()
             else:
                 assert int(m.sum()) == m.numel() // 2
-    assert any(not torch.equal(masks[1.0][n], masks[64.0][n]) for n in masks[1.0])
+    default = cls.FIRST_TOKEN_WEIGHT
+    assert any(not torch.equal(masks[1.0][n], masks[default][n]) for n in masks[1.0])
+    assert all(torch.equal(masks[None][n], masks[default][n]) for n in masks[1.0])
+
+
+def test_first_token_weight_defaults():
+    """Each method's default, from a recipe that leaves the option out; SparseGPT keeps the plain
+    mean under gptaq_alpha > 0 (its asymmetric term is not weighted) and refuses any other weight."""
+    stages = Recipe.from_dict({"stages": [{"method": "wanda"}, {"method": "sparsegpt"},
+                                          {"method": "sparsegpt", "gptaq_alpha": 0.5}]}).stages
+    assert [s.first_token_weight for s in stages] == [32.0, 512.0, 1.0]
+    assert WandaConfig(first_token_weight=1).first_token_weight == 1  # the papers' mean stays available
+    assert SparseGPTConfig(gptaq_alpha=0.5, first_token_weight=1).first_token_weight == 1
+    with pytest.raises(ConfigError, match="gptaq_alpha"):
+        SparseGPTConfig(gptaq_alpha=0.5, first_token_weight=512)
 
 
 def test_hessian_first_token_weight_is_a_weighted_sum():

@@ -48,15 +48,27 @@ class CalibratedAllocation(OWLOptions):
 
 @dataclass
 class FirstTokenWeight:
-    """How much the first position of each calibration sequence counts, for Wanda and SparseGPT."""
+    """How much the first position of each calibration sequence counts, for Wanda and SparseGPT.
 
-    first_token_weight: float = field(default=1.0, metadata={
+    The first position carries the attention sink's massive activation (Sun et al., 2024,
+    "Massive activations in large language models"; Xiao et al., 2024, StreamingLLM), which a
+    plain mean over 16k calibration tokens all but ignores. Each method sets its own default
+    (``FIRST_TOKEN_WEIGHT``), chosen with 512-token calibration windows on text no benchmark
+    evaluates (scripts/select_sink.py; BENCHMARKS.md, bench:sink_select).
+    """
+
+    FIRST_TOKEN_WEIGHT: ClassVar[float] = 1.0
+
+    first_token_weight: float | None = field(default=None, metadata={
         "help": "how many tokens the first position of each calibration sequence counts as in the calibration "
-                "statistics (Wanda's input norms, SparseGPT's Hessian, OWL's outlier count; 1: the papers' plain "
-                "mean; the sequence length: as much as the rest of its sequence, which helped Qwen2.5 and hurt "
-                "SmolLM2 in BENCHMARKS.md bench:prune_sink)"})
+                "statistics (Wanda's input norms, SparseGPT's Hessian, OWL's outlier count); 1: the papers' plain "
+                "mean; default: the method's choice on selection text (wanda 32, sparsegpt 512 with 512-token "
+                "calibration windows; BENCHMARKS.md bench:sink_select)"})
 
-    def check_first_token_weight(self) -> None:
+    def check_first_token_weight(self, default: float | None = None) -> None:
+        """Resolve the default (``default``, else the class's) and check the range."""
+        if self.first_token_weight is None:
+            self.first_token_weight = self.FIRST_TOKEN_WEIGHT if default is None else default
         check_range("first_token_weight", self.first_token_weight, 1.0)
 
 

@@ -25,10 +25,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ...calibration import run_layerwise
+from ...calibration import CALIBRATION_DTYPE_HELP, CALIBRATION_DTYPES, resolve_calibration_dtype, run_layerwise
 from ...config import check_choice, check_range
 from ...errors import ConfigError
-from ...models import DTYPES
 from ...registry import MethodConfig, register_method
 from ..wanda import accumulate_sq_norms
 from .rewrite import drop_layers, prune_kv_groups, prune_mlp_channels
@@ -49,14 +48,14 @@ class StructuredPruneConfig(MethodConfig):
     drop_layers: int = field(default=0, metadata={"help": "number of decoder layers removed, lowest Block Influence first"})
     layers: list[int] = field(default_factory=list, metadata={"help": "exactly these decoder layers removed (instead of drop_layers)"})
     batch_size: int = field(default=8, metadata={"help": "calibration samples per layer forward"})
-    calibration_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the calibration forwards: bfloat16 | float32 | float16 | auto"})
+    calibration_dtype: str = field(default="fast", metadata={"help": CALIBRATION_DTYPE_HELP})
 
     def __post_init__(self):
         check_range("mlp_ratio", self.mlp_ratio, 0, 1, hi_open=True)
         check_range("head_ratio", self.head_ratio, 0, 1, hi_open=True)
         check_range("drop_layers", self.drop_layers, 0)
         check_range("batch_size", self.batch_size, 1)
-        check_choice("calibration_dtype", self.calibration_dtype, ("auto", "float32", "bfloat16", "float16"))
+        check_choice("calibration_dtype", self.calibration_dtype, CALIBRATION_DTYPES)
         if self.layers and self.drop_layers:
             raise ConfigError("give either 'layers' (which to remove) or 'drop_layers' (how many), not both", "layers")
         if not (self.mlp_ratio or self.head_ratio or self.drop_layers or self.layers):
@@ -111,7 +110,7 @@ def apply_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx):
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    dtype = None if cfg.calibration_dtype == "auto" else DTYPES[cfg.calibration_dtype]
+    dtype = resolve_calibration_dtype(cfg.calibration_dtype, ctx.device)
     influence: list[float] = []
     cut_mlp = plan["mlp_keep"] < config.intermediate_size
     cut_heads = plan["kv_keep"] < kv
