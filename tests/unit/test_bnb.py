@@ -39,13 +39,20 @@ def test_save_after_forward_reloads_identically(tiny_model_dir, tmp_path, kind):
 
 
 def test_plain_save_after_forward_is_the_trap(tiny_model_dir, tmp_path):
-    """The bitsandbytes behaviour the bnb stage works around (if this starts failing, the trap is fixed upstream)."""
+    """The bitsandbytes behaviour the bnb stage works around. On CPUs with AVX512 the first 4-bit
+    forward repacks the weights in place for its CPU kernel (``quant_state.packing_format_for_cpu``),
+    and a plain save then writes that layout as if it were the standard one; AVX2-only CPUs keep the
+    standard layout, and a plain save is right there. (If the packed branch starts failing, the
+    trap is fixed upstream.)"""
     model, _, _ = load_quantized(str(tiny_model_dir), BnbConfig(**CONFIGS["fp4"]))
     ids = reference_ids(512)
     with torch.no_grad():
         ref = model(ids).logits.float()
+    packed = any(getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)
+                 for m in model.modules())
     model.save_pretrained(tmp_path / "naive")
-    assert not torch.equal(reload_logits(tmp_path / "naive", ids), ref)
+    naive = reload_logits(tmp_path / "naive", ids)
+    assert torch.equal(naive, ref) != packed, f"packed for the CPU kernel: {packed}"
 
 
 def test_nf4_linear_bytes_under_a_third_of_bf16(tiny_model_dir):
@@ -62,7 +69,8 @@ def test_qlora_trains_adapters_on_4bit_base(tiny_model_dir):
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     ids = reference_ids(512, seq_len=32)
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    # lr 1e-3: at 1e-2 the loss spiked at step 5 on an AVX2 CPU (6.29 -> 5.39 -> 6.31)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     for _ in range(5):
         loss = peft_model(input_ids=ids, labels=ids).loss
@@ -70,7 +78,8 @@ def test_qlora_trains_adapters_on_4bit_base(tiny_model_dir):
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    # measured 6.29 -> 5.41 (bf16 compute) on an AVX2 CPU
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.92 * losses[0], losses
 
 
 @pytest.mark.parametrize("cfg, match", [

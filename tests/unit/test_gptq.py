@@ -522,9 +522,12 @@ def test_gptaq_target_dampening_is_its_own_ridge():
     # equal dampenings share the column loop's inverse: the same target up to rounding
     want = gptq_quantize(asymmetric_target(W, H, D, 0.5, 0.01), H, args, damp=0.01)
     shared = gptq_quantize(W, H, args, damp=0.01, D=D, alpha=0.5, target_damp=0.01)
-    # (the two solves differ in rounding: scales move by ~1e-6, and 12 of 32768 weights measured a grid step apart)
+    # The two solves differ in rounding: scales move by ~1e-6, and a weight that lands a grid step
+    # apart feeds its error forward along its row. Measured 12 of 32768 weights apart on an AMX
+    # Intel CPU, 146 (0.45%) on an AVX2-only AMD CPU (other BLAS kernels); a ridge 10% apart
+    # (target_damp 0.011) moves 82% of them.
     far = (shared.weight - want.weight).abs() > 1e-3 * want.scale.max()
-    assert far.float().mean() < 1e-3
+    assert far.float().mean() < 0.02
     # a stronger ridge pulls the target towards W (a smaller shift)
     shift = lambda t: (asymmetric_target(W, H, D, 0.5, t) - W).norm()  # noqa: E731
     assert shift(1.0) < shift(0.1) < shift(0.01)

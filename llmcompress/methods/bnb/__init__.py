@@ -12,8 +12,8 @@ Recipe::
       compute_dtype: bfloat16
 
 The output directory is written by transformers' own bitsandbytes serialization and reloads
-with plain ``from_pretrained`` (no quantization_config needed). bitsandbytes repacks 4-bit
-weights in place on the first CPU forward, after which ``save_pretrained`` writes a corrupt
+with plain ``from_pretrained`` (no quantization_config needed). On CPUs with AVX512
+bitsandbytes repacks 4-bit weights in place on the first forward, after which ``save_pretrained`` writes a corrupt
 file; so the model is saved once right after loading, before any forward, and that pristine
 copy is what the output holds (then verified by a fresh-process reload).
 """
