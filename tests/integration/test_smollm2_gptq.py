@@ -15,7 +15,7 @@ def test_gptq_int4_smollm2_end_to_end(smollm2, tmp_path):
     ev = EvaluationConfig(max_tokens=2048, seq_len=512, latency=False)
     # a small calibration set keeps CI fast; the benchmark uses 128 x 512
     calib = CalibrationConfig(num_samples=32, seq_len=256)
-    recipe = Recipe(stages=[GPTQConfig(bits=4, group_size=64, act_order=True, calibration_dtype="bfloat16")],
+    recipe = Recipe(stages=[GPTQConfig(bits=4, group_size=64, act_order=True)],
                     name="it-gptq")
     out = tmp_path / "smollm2-gptq"
     res = compress(smollm2.spec, recipe, out, calibration=calib, evaluation=ev, verify=False)
