@@ -22,6 +22,7 @@ import torch
 
 from _bench import ROOT, evaluate_dir, machine, ppl_by_text, python_of, run_child, this_python, work_dir, write_section
 from llmcompress import models
+from llmcompress.calibration import resolve_calibration_dtype
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
 from llmcompress.methods.prune import PruneConfig, apply_prune
 from llmcompress.methods.sparsegpt import SparseGPTConfig
@@ -196,7 +197,8 @@ def main():
         f"seed{'s ' + ', '.join(map(str, args.seeds)) if len(args.seeds) > 1 else ' ' + str(args.seeds[0])}"
         f"{' (a mean row averages a method over the seeds; its time is the mean, its memory the largest)' if len(args.seeds) > 1 else ''}, "
         f"the same token ids for llmcompress and llm-compressor ({samples} windows); llmcompress's calibration "
-        "forwards run in bf16 (the default; "
+        f"forwards run in {str(resolve_calibration_dtype('fast', 'cpu')).removeprefix('torch.')} (the default "
+        "`calibration_dtype: fast` on this CPU; "
         f"llm-compressor runs the float32 model as loaded). llmcompress's Wanda counts the first position of "
         f"each calibration window as {w_wanda:g} tokens in its input norms and SparseGPT as {w_sgpt:g} in its "
         "Hessian (the `first_token_weight` defaults, chosen on selection text: `bench:sink_select`); "
