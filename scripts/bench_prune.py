@@ -58,10 +58,19 @@ def sink_rows(weights):
             for owl in ("", ", OWL")]
 
 
-# --plain-rows: the calibrated 50% and 2:4 rows again with the papers' plain mean over positions
-# (first_token_weight 1), beside the defaults (chosen on selection text, bench:sink_select).
-PLAIN_ROWS = [(f"{label}, first token x1", {**stage, "first_token_weight": 1})
-              for label, stage in OURS if stage["method"] in ("wanda", "sparsegpt")]
+# --plain-rows: the calibrated rows with the other first_token_weight: the 50% rows with the papers'
+# plain mean (1) beside the defaults chosen on selection text (bench:sink_select), the 2:4 rows
+# (whose default is 1) with the unstructured defaults.
+def plain_rows():
+    from llmcompress.registry import get_method
+
+    rows = []
+    for label, stage in OURS:
+        if stage["method"] not in ("wanda", "sparsegpt"):
+            continue
+        w = 1 if "sparsity" in stage else get_method(stage["method"]).config_cls.FIRST_TOKEN_WEIGHT
+        rows.append((f"{label}, first token x{w:g}", {**stage, "first_token_weight": w}))
+    return rows
 
 
 def gptaq_rows(alphas):
@@ -84,7 +93,8 @@ def main():
     ap.add_argument("--dtype-rows", action="store_true", help="also the 2:4 runs with the other calibration dtype")
     ap.add_argument("--owl-rows", action="store_true", help="also Wanda and SparseGPT with OWL allocation, and Wanda at 70%%")
     ap.add_argument("--plain-rows", action="store_true",
-                    help="also Wanda and SparseGPT 50%% and 2:4 with first_token_weight 1 (the papers' plain mean)")
+                    help="also Wanda and SparseGPT 50%% with first_token_weight 1 (the papers' plain mean), and at 2:4 "
+                         "with the unstructured defaults")
     ap.add_argument("--sink-rows", action="store_true",
                     help="also Wanda and SparseGPT 50%% (uniform and OWL) with the first calibration position "
                          "weighted by each of --sink-weights")
@@ -110,7 +120,7 @@ def main():
                     help="calibration seeds: each calibrated row (ours and llm-compressor's) runs once per seed on "
                          "that seed's windows, and the table adds each row's mean over the seeds")
     args = ap.parse_args()
-    ours = OURS + (PLAIN_ROWS if args.plain_rows else []) + (DTYPE_ROWS if args.dtype_rows else []) + (OWL_ROWS if args.owl_rows else []) + (sink_rows(args.sink_weights) if args.sink_rows else []) + gptaq_rows(args.gptaq)
+    ours = OURS + (plain_rows() if args.plain_rows else []) + (DTYPE_ROWS if args.dtype_rows else []) + (OWL_ROWS if args.owl_rows else []) + (sink_rows(args.sink_weights) if args.sink_rows else []) + gptaq_rows(args.gptaq)
     unknown = set(args.rows or ()) - {label for label, _ in ours}
     if unknown:
         ap.error(f"--rows: no such row {sorted(unknown)}; rows: {[label for label, _ in ours]}")
@@ -203,7 +213,8 @@ def main():
         f"each calibration window as {w_wanda:g} tokens in its input norms and SparseGPT as {w_sgpt:g} in its "
         "Hessian (the `first_token_weight` defaults, chosen on selection text: `bench:sink_select`); "
         "llm-compressor takes the plain mean over positions, as the papers do"
-        + ("; rows `first token x1` run llmcompress with that plain mean" if args.plain_rows else "") + ". "
+        + (" (N:M patterns keep the plain mean by default: they were not part of that selection); rows `first token xW` "
+           "run llmcompress with the other weight" if args.plain_rows else "") + ". "
         f"Perplexity on the first {args.eval_tokens} "
         "tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` (another domain), "
         "every output evaluated by the same code in float32. Prune time and peak RSS are measured inside each "

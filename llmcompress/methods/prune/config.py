@@ -53,8 +53,10 @@ class FirstTokenWeight:
     The first position carries the attention sink's massive activation (Sun et al., 2024,
     "Massive activations in large language models"; Xiao et al., 2024, StreamingLLM), which a
     plain mean over 16k calibration tokens all but ignores. Each method sets its own default
-    (``FIRST_TOKEN_WEIGHT``), chosen with 512-token calibration windows on text no benchmark
-    evaluates (scripts/select_sink.py; BENCHMARKS.md, bench:sink_select).
+    (``FIRST_TOKEN_WEIGHT``), chosen for unstructured sparsity with 512-token calibration windows
+    on text no benchmark evaluates (scripts/select_sink.py; BENCHMARKS.md, bench:sink_select). N:M
+    patterns were not part of that selection and keep the plain mean (1) unless set: on SmolLM2-135M
+    x32 cost Wanda 2:4 8-13% perplexity (BENCHMARKS.md, bench:prune).
     """
 
     FIRST_TOKEN_WEIGHT: ClassVar[float] = 1.0
@@ -62,13 +64,15 @@ class FirstTokenWeight:
     first_token_weight: float | None = field(default=None, metadata={
         "help": "how many tokens the first position of each calibration sequence counts as in the calibration "
                 "statistics (Wanda's input norms, SparseGPT's Hessian, OWL's outlier count); 1: the papers' plain "
-                "mean; default: the method's choice on selection text (wanda 32, sparsegpt 512 with 512-token "
-                "calibration windows; BENCHMARKS.md bench:sink_select)"})
+                "mean; default: the method's choice on selection text for unstructured sparsity (wanda 32, "
+                "sparsegpt 512, with 512-token calibration windows; BENCHMARKS.md bench:sink_select), 1 with a pattern"})
 
     def check_first_token_weight(self, default: float | None = None) -> None:
-        """Resolve the default (``default``, else the class's) and check the range."""
+        """Resolve the default (``default``, else 1 under an N:M pattern, else the class's) and check the range."""
         if self.first_token_weight is None:
-            self.first_token_weight = self.FIRST_TOKEN_WEIGHT if default is None else default
+            if default is None:
+                default = 1.0 if getattr(self, "pattern", None) else self.FIRST_TOKEN_WEIGHT
+            self.first_token_weight = default
         check_range("first_token_weight", self.first_token_weight, 1.0)
 
 

@@ -21,7 +21,7 @@ Recipe::
       sparsity: 0.5          # or pattern: "2:4"
       scope: row             # row | layer
       allocation: uniform    # uniform | owl (owl_threshold, owl_lambda)
-      first_token_weight: 32 # the first position of each calibration sequence counts 32 tokens (attention sink); 1: the paper's mean
+      first_token_weight: 32 # the first position of each calibration sequence counts 32 tokens (attention sink) at unstructured sparsity, 1 (the paper's mean) with a pattern
     calibration: {source: wiki_calib, num_samples: 128, seq_len: 512}
 """
 
