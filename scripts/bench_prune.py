@@ -62,14 +62,12 @@ def sink_rows(weights):
 # plain mean (1) beside the defaults chosen on selection text (bench:sink_select), the 2:4 rows
 # (whose default is 1) with the unstructured defaults.
 def plain_rows():
-    from llmcompress.registry import get_method
-
+    configs = {"wanda": WandaConfig, "sparsegpt": SparseGPTConfig}
     rows = []
     for label, stage in OURS:
-        if stage["method"] not in ("wanda", "sparsegpt"):
-            continue
-        w = 1 if "sparsity" in stage else get_method(stage["method"]).config_cls.FIRST_TOKEN_WEIGHT
-        rows.append((f"{label}, first token x{w:g}", {**stage, "first_token_weight": w}))
+        if stage["method"] in configs:
+            w = 1 if "sparsity" in stage else configs[stage["method"]].FIRST_TOKEN_WEIGHT
+            rows.append((f"{label}, first token x{w:g}", {**stage, "first_token_weight": w}))
     return rows
 
 
