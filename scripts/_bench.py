@@ -81,14 +81,17 @@ def nf4_ppl(model_dir, windows: dict) -> dict:
 
 
 def cpu_model() -> str:
-    """The CPU's model name and whether it has AMX bf16 tiles (bf16 matmuls several times faster:
-    tables from CPUs with and without them do not compare)."""
+    """The CPU's model name and its bf16 hardware: AMX tiles, AVX512-BF16 instructions, or neither
+    (bf16 emulated, several times slower than float32). Tables from CPUs that differ here do not
+    compare, and the default ``calibration_dtype: fast`` picks a different dtype on the last kind."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.machine()
     name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.machine())
-    return f"{name}, {'with' if ' amx_bf16' in info else 'no'} AMX-BF16"
+    flags = next((l for l in info.splitlines() if l.startswith("flags")), "").split()
+    bf16 = "AMX-BF16" if "amx_bf16" in flags else "AVX512-BF16, no AMX" if "avx512_bf16" in flags else "no native bf16"
+    return f"{name}, {bf16}"
 
 
 def machine() -> str:

@@ -19,8 +19,11 @@ be split over several runs; the table covers the draws present for every weight.
 weight on a model: the mean over draws and both texts of ``log(ppl / ppl with w = 1)``; per method
 the lowest mean over the models is the choice (negative: better than the plain mean).
 
+``--pattern 2:4`` runs the same selection at an N:M pattern instead of unstructured sparsity; its
+results go to their own file (``select_sink_2of4.json``) and section (``sink_select_2of4``).
+
 Usage: python scripts/select_sink.py [--models ...] [--methods wanda sparsegpt]
-       [--weights 1 8 32 128 512] [--seeds 0] [--results scripts/results/select_sink.json]
+       [--weights 1 8 32 128 512] [--seeds 0] [--pattern 2:4] [--results scripts/results/select_sink.json]
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def run(args, results: dict, path: Path) -> None:
                     k = key(alias, method, seed, w)
                     if k in results:
                         continue
-                    stage = {"method": method, "sparsity": args.sparsity, "first_token_weight": w}
+                    stage = {"method": method, "first_token_weight": w,
+                             **({"pattern": args.pattern} if args.pattern else {"sparsity": args.sparsity})}
                     out = work / "out"
                     shutil.rmtree(out, ignore_errors=True)
                     info = run_child(child + [json.dumps(stage), str(src.path), str(work / "ids.pt"), str(out)])
@@ -104,6 +108,7 @@ def report(args, results: dict) -> str:
         per_model = [x for a in args.models if (x := model_score(a, method, w)) is not None]
         return sum(per_model) / len(per_model) if per_model else None
 
+    shape = args.pattern or f"{args.sparsity:.0%}"
     chosen = {}
     for method in args.methods:
         scored = [(score(method, w), w) for w in weights if score(method, w) is not None]
@@ -124,12 +129,12 @@ def report(args, results: dict) -> str:
                 if chosen.get(method) == w:
                     label = f"**{label}** (chosen)"
                 secs = sum(results[key(alias, method, s, w)]["prune_s"] for s in seeds) / len(seeds)
-                rows.append(f"| {alias} | {method} 50%, first token {label} | {', '.join(map(str, seeds))} | "
+                rows.append(f"| {alias} | {method} {shape}, first token {label} | {', '.join(map(str, seeds))} | "
                             f"{mean[TEXTS[0]]:.2f} | {mean[TEXTS[1]]:.2f} | {model_score(alias, method, w):+.4f} | {secs:.0f} |")
     cmd = shlex.join(["python", "scripts/select_sink.py", *sys.argv[1:]])
     return (f"## first_token_weight, chosen on selection text ({', '.join(args.models)})\n\n`{cmd}` (runs are "
-            f"merged from `{args.results}`; the latest on {machine()}). Wanda and SparseGPT at uniform "
-            f"{args.sparsity:.0%}, each calibration sequence's first position counted w times (w = 1: the "
+            f"merged from `{args.results}`; the latest on {machine()}). Wanda and SparseGPT at "
+            f"{'the ' + args.pattern + ' pattern' if args.pattern else 'uniform ' + shape}, each calibration sequence's first position counted w times (w = 1: the "
             "plain mean), calibrated on 32 random 512-token windows of `wiki_calib` per draw (the seeds column). "
             "Perplexity, mean over the draws, on 16 `wiki_calib` windows that no draw of seeds 0-2 overlaps and on "
             "8192 tokens of `python_code`; neither text appears in any benchmark table. Score: the mean over draws "
@@ -148,11 +153,18 @@ def main():
     ap.add_argument("--weights", nargs="+", type=float, default=[1.0, 8.0, 32.0, 128.0, 512.0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], choices=ALL_SEEDS)
     ap.add_argument("--sparsity", type=float, default=0.5)
-    ap.add_argument("--results", default="scripts/results/select_sink.json")
+    ap.add_argument("--pattern", default=None, help="an N:M pattern (e.g. 2:4) instead of --sparsity")
+    ap.add_argument("--results", default=None, help="default scripts/results/select_sink.json, "
+                    "or select_sink_<N>of<M>.json with --pattern")
     ap.add_argument("--report-only", action="store_true", help="render the table from the results file")
     ap.add_argument("--work", default=None)
-    ap.add_argument("--section", default="sink_select")
+    ap.add_argument("--section", default=None, help="default sink_select, or sink_select_<N>of<M> with --pattern")
     args = ap.parse_args()
+    suffix = "_" + args.pattern.replace(":", "of") if args.pattern else ""
+    if args.pattern and ":" not in args.pattern:
+        ap.error(f"--pattern {args.pattern!r}: expected N:M, e.g. 2:4")
+    args.results = args.results or f"scripts/results/select_sink{suffix}.json"
+    args.section = args.section or f"sink_select{suffix}"
     if 1.0 not in args.weights:
         ap.error("--weights must include 1 (the plain mean every score compares against)")
     path = ROOT / args.results
