@@ -90,7 +90,8 @@ def _distill_section(d: dict) -> list[str]:
              f"({d['teacher_parameters']:,} parameters; the student has {d['student_parameters']:,}).", "",
              "| | |", "|---|---|",
              f"| loss | {d['loss']} (temperature {d['temperature']}, cross-entropy weight {d['alpha']}) |",
-             f"| teacher signal | {'top-' + str(d['top_k']) + ' logit cache' if d['top_k'] else 'full logits, online'} |",
+             f"| teacher signal | {'top-' + str(d['top_k']) + ' logit cache' if d['top_k'] else 'full logits, online'}"
+             f"{', teacher in ' + d['teacher_dtype'] if d.get('teacher_dtype') else ''} |",
              f"| training data | {d['samples']} windows of {d['seq_len']} tokens ({d.get('data', 'calibration text')}) |",
              f"| steps | {d['steps']} |", f"| tokens seen | {d['tokens']:,} |",
              f"| final training loss | {d['train_loss']:.4f} |"]

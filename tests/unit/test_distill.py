@@ -238,8 +238,33 @@ def test_distilled_student_saves_and_reloads(tiny_model_dir, tokenizer, tmp_path
     assert res.reload_max_abs_diff is not None and res.reload_max_abs_diff < 1e-4
     notes = res.notes["distill"]
     assert notes["steps"] == 3 and notes["tokens"] == 3 * 4 * 32 and notes["top_k"] == 8
+    assert notes["teacher_dtype"] == "float32"
     card = (tmp_path / "out" / "README.md").read_text()
     assert "## Distillation" in card and str(tiny_model_dir) in card and "steps" in card
+    assert "teacher in float32" in card
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
+def test_fast_teacher_dtype_follows_the_device(tiny_model_dir, monkeypatch, native):
+    """The default teacher_dtype 'fast' loads the teacher in bf16 where the device computes it
+    natively and in float32 where it would emulate it (AVX2-only CPUs); the top-k cache is keyed
+    on the dtype the teacher ran in, so a cache of one is never read as the other's."""
+    from llmcompress import calibration
+    from llmcompress.methods import distill
+    from llmcompress.methods.distill.cache import cache_key
+
+    monkeypatch.setattr(calibration, "native_bf16", lambda device: native)
+    cfg = DistillConfig(teacher=str(tiny_model_dir))
+    assert cfg.teacher_dtype == "fast"
+    teacher, _, _, dtype = distill._load_teacher(cfg, torch.device("cpu"))
+    assert dtype == ("bfloat16" if native else "float32")
+    assert {p.dtype for p in teacher.parameters()} == {torch.bfloat16 if native else torch.float32}
+    pinned = distill._load_teacher(DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="float16"), torch.device("cpu"))
+    assert pinned[3] == "float16" and next(pinned[0].parameters()).dtype == torch.float16
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    assert cache_key("t", ids, 8, 1.0, "bfloat16") != cache_key("t", ids, 8, 1.0, "float32")
+    with pytest.raises(ConfigError, match="teacher_dtype"):
+        DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="int4")
 
 
 def test_cache_of_another_temperature_is_refused(tiny_model_dir, tokenizer, tmp_path):

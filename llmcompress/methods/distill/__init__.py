@@ -39,6 +39,7 @@ from ...registry import MethodConfig, register_method
 from .losses import LOSSES, layer_pairs
 
 logger = logging.getLogger(__name__)
+TEACHER_DTYPES = ("fast", "bfloat16", "float16", "float32", "int8", "nf4")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -50,7 +51,7 @@ class DistillConfig(MethodConfig):
     NEEDS_CALIBRATION: ClassVar[bool] = True
 
     teacher: str = field(default="", metadata={"help": "teacher model: alias, directory, .gguf or hub id"})
-    teacher_dtype: str = field(default="bfloat16", metadata={"help": "teacher weights: bfloat16 | float16 | float32 | int8 | nf4 (bitsandbytes)"})
+    teacher_dtype: str = field(default="fast", metadata={"help": "teacher weights: fast (bfloat16 where the device computes it natively: CUDA, CPUs with AVX512 / AMX; float32 elsewhere) | bfloat16 | float16 | float32 | int8 | nf4 (bitsandbytes)"})
     loss: str = field(default="forward_kl", metadata={"help": "forward_kl | reverse_kl | jsd"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature of both models (loss scaled by T^2)"})
     beta: float = field(default=0.5, metadata={"help": "jsd: weight of the teacher in the mixture"})
@@ -81,7 +82,7 @@ class DistillConfig(MethodConfig):
         if not self.teacher:
             raise ConfigError("distill needs a 'teacher' model (alias, directory or hub id)", "teacher")
         check_choice("loss", self.loss, LOSSES)
-        check_choice("teacher_dtype", self.teacher_dtype, ("bfloat16", "float16", "float32", "int8", "nf4"))
+        check_choice("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
         check_choice("mixed_precision", self.mixed_precision, ("auto", "bf16", "fp16", "no"))
         check_range("temperature", self.temperature, 0, lo_open=True)
         check_range("beta", self.beta, 0, 1)
@@ -167,11 +168,26 @@ def check_vocab(student_cfg, teacher_cfg, teacher: str, student_tok=None, teache
                           "from the student's family (same tokenizer).", "teacher")
 
 
+def resolve_teacher_dtype(name: str, device) -> str:
+    """``teacher_dtype`` with ``fast`` resolved: bfloat16 where ``device`` computes it natively, else
+    float32 (an AVX2-only CPU emulates bf16 matmuls, about 6x slower than float32; see
+    ``calibration.native_bf16``)."""
+    from ...calibration import native_bf16
+
+    if name != "fast":
+        return name
+    if native_bf16(device):
+        return "bfloat16"
+    logger.info("teacher in float32: %s has no native bf16 (set teacher_dtype: bfloat16 to force it)",
+                torch.device(device))
+    return "float32"
+
+
 def _load_teacher(cfg: DistillConfig, device):
     from ... import models
 
     kwargs = {}
-    dtype = cfg.teacher_dtype
+    resolved = dtype = resolve_teacher_dtype(cfg.teacher_dtype, device)
     if dtype in ("int8", "nf4"):
         from transformers import BitsAndBytesConfig
 
@@ -185,7 +201,7 @@ def _load_teacher(cfg: DistillConfig, device):
     if "device_map" not in kwargs and "quantization_config" not in kwargs:
         teacher.to(device)
     teacher.eval().requires_grad_(False)
-    return teacher, tok, source
+    return teacher, tok, source, resolved
 
 
 def _precision(cfg: DistillConfig, device) -> dict:
@@ -212,7 +228,7 @@ def apply_distill(model, cfg: DistillConfig, ctx):
                           "checkpoint_dir")
     device = ctx.device
     ids = ctx.calibration_ids()
-    teacher, teacher_tok, teacher_src = _load_teacher(cfg, device)
+    teacher, teacher_tok, teacher_src, teacher_dtype = _load_teacher(cfg, device)
     check_vocab(model.config, teacher.config, cfg.teacher, ctx.tokenizer, teacher_tok)
     pairs = None
     if cfg.hidden_weight:
@@ -223,7 +239,7 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         raise ConfigError(f"the student ({n_student:,} parameters) is larger than the teacher '{cfg.teacher}' "
                           f"({n_teacher:,}): distillation compresses into a smaller model; swap them or pick a "
                           "larger teacher", "teacher")
-    notes = {"teacher": teacher_src.base_model, "teacher_parameters": n_teacher, "student_parameters": n_student,
+    notes = {"teacher": teacher_src.base_model, "teacher_dtype": teacher_dtype, "teacher_parameters": n_teacher, "student_parameters": n_student,
              "samples": len(ids), "seq_len": ids.shape[1], "data": ctx.notes.get("calibration_source", "calibration text"),
              "loss": cfg.loss, "temperature": cfg.temperature,
              "alpha": cfg.alpha, "top_k": cfg.top_k, **({"hidden_weight": cfg.hidden_weight} if pairs else {})}
@@ -236,7 +252,7 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         teacher = None
     elif cfg.top_k:
         folder = Path(cfg.cache_dir or cache_dir() / "distill" / cache_key(teacher_src.base_model, ids, cfg.top_k,
-                                                                            cfg.temperature))
+                                                                            cfg.temperature, teacher_dtype))
         with main_process_first():  # several processes: the main one builds, the others read
             if not (folder / "index.json").exists():
                 logger.info("building the teacher's top-%d logit cache in %s", cfg.top_k, folder)

@@ -31,9 +31,10 @@ from ...export import atomic_directory
 FORMAT = "llmcompress-topk-logits-v2"
 
 
-def cache_key(teacher: str, ids: torch.Tensor, k: int, temperature: float = 1.0) -> str:
-    """A digest of what the cache depends on: the teacher, the exact token ids, k and the temperature."""
-    h = hashlib.sha256(f"{FORMAT}|{teacher}|{k}|{float(temperature)}|{tuple(ids.shape)}".encode())
+def cache_key(teacher: str, ids: torch.Tensor, k: int, temperature: float = 1.0, teacher_dtype: str = "") -> str:
+    """A digest of what the cache depends on: the teacher and the dtype it ran in (a bf16 teacher's
+    logits differ from a float32 one's), the exact token ids, k and the temperature."""
+    h = hashlib.sha256(f"{FORMAT}|{teacher}|{teacher_dtype}|{k}|{float(temperature)}|{tuple(ids.shape)}".encode())
     h.update(ids.to(torch.int32).numpy().tobytes())
     return h.hexdigest()[:16]
 
