@@ -81,20 +81,22 @@ def run(args, results: dict, path: Path) -> None:
                     shutil.rmtree(out, ignore_errors=True)
                     info = run_child(child + [json.dumps(stage), str(src.path), str(work / "ids.pt"), str(out)])
                     results[k] = {"ppl": evaluate_dir(out, windows, dtype=torch.float32)["ppl"],
-                                  "prune_s": round(info["prune_s"], 1)}
+                                  "prune_s": round(info["prune_s"], 1), "machine": machine()}
                     shutil.rmtree(out, ignore_errors=True)
                     print(k, results[k], flush=True)
                     save()
 
 
 def report(args, results: dict) -> str:
-    weights = sorted({float(k.split("|")[3]) for k in results if k.count("|") == 3})
-    # draws present for every weight of a (model, method): only those enter the table and the score
-    draws = {}
+    # the weights run for a (model, method), and the draws present for every one of them: only those
+    # enter the table and the score (a later probe may run fewer weights on a larger model)
+    weights_of, draws = {}, {}
     for alias in args.models:
         for method in args.methods:
-            seeds = {int(k.split("|")[2]) for k in results if k.startswith(f"{alias}|{method}|")}
-            draws[(alias, method)] = sorted(s for s in seeds if all(key(alias, method, s, w) in results for w in weights))
+            mine = [k.split("|") for k in results if k.startswith(f"{alias}|{method}|")]
+            weights_of[(alias, method)] = sorted({float(k[3]) for k in mine})
+            draws[(alias, method)] = sorted(s for s in {int(k[2]) for k in mine}
+                                            if all(key(alias, method, s, w) in results for w in weights_of[(alias, method)]))
 
     def ppl(alias, method, seed, w):
         return results[key(alias, method, seed, w)]["ppl"]
@@ -104,14 +106,19 @@ def report(args, results: dict) -> str:
                 for s in draws[(alias, method)] for t in TEXTS]
         return sum(logs) / len(logs) if logs else None
 
+    def measured(method) -> list:  # the models with draws for this method
+        return [a for a in args.models if draws[(a, method)]]
+
     def score(method, w) -> float | None:  # each model counts once, whatever its number of draws
-        per_model = [x for a in args.models if (x := model_score(a, method, w)) is not None]
+        per_model = [model_score(a, method, w) for a in measured(method)]
         return sum(per_model) / len(per_model) if per_model else None
 
     shape = args.pattern or f"{args.sparsity:.0%}"
     chosen = {}
     for method in args.methods:
-        scored = [(score(method, w), w) for w in weights if score(method, w) is not None]
+        # only weights run on every measured model compete, so that no weight is scored on one model alone
+        common = set.intersection(*[set(weights_of[(a, method)]) for a in measured(method)]) if measured(method) else set()
+        scored = [(score(method, w), w) for w in sorted(common)]
         if scored:
             chosen[method] = min(scored)[1]
     rows = []
@@ -122,7 +129,7 @@ def report(args, results: dict) -> str:
             seeds = draws[(alias, method)]
             if not seeds:
                 continue
-            for w in weights:
+            for w in weights_of[(alias, method)]:
                 per = [ppl(alias, method, s, w) for s in seeds]
                 mean = {t: sum(p[t] for p in per) / len(per) for t in TEXTS}
                 label = f"x{w:g}" + (" (plain mean)" if w == 1 else "")
@@ -132,17 +139,20 @@ def report(args, results: dict) -> str:
                 rows.append(f"| {alias} | {method} {shape}, first token {label} | {', '.join(map(str, seeds))} | "
                             f"{mean[TEXTS[0]]:.2f} | {mean[TEXTS[1]]:.2f} | {model_score(alias, method, w):+.4f} | {secs:.0f} |")
     cmd = shlex.join(["python", "scripts/select_sink.py", *sys.argv[1:]])
+    # where the rows ran (a report-only call runs nothing); entries from before machines were recorded say so
+    ran_on = sorted({results[key(a, m, s, w)].get("machine", "a machine not recorded")
+                     for (a, m), seeds in draws.items() for s in seeds for w in weights_of[(a, m)]})
     return (f"## first_token_weight, chosen on selection text ({', '.join(args.models)})\n\n`{cmd}` (runs are "
-            f"merged from `{args.results}`; the latest on {machine()}). Wanda and SparseGPT at "
+            f"merged from `{args.results}`; rows run on {'; '.join(ran_on)}). Wanda and SparseGPT at "
             f"{'the ' + args.pattern + ' pattern' if args.pattern else 'uniform ' + shape}, each calibration sequence's first position counted w times (w = 1: the "
             "plain mean), calibrated on 32 random 512-token windows of `wiki_calib` per draw (the seeds column). "
             "Perplexity, mean over the draws, on 16 `wiki_calib` windows that no draw of seeds 0-2 overlaps and on "
             "8192 tokens of `python_code`; neither text appears in any benchmark table. Score: the mean over draws "
             "and both texts of log(ppl / ppl with w = 1) on that row's model; the choice per method minimises its "
-            "mean over the models (each model once, whatever its number of draws). Prune time in seconds (child process, this machine).\n\n"
+            "mean over the models (each model once, whatever its number of draws). Prune time in seconds (child process; compare only rows run on one machine).\n\n"
             f"| model | run | seeds | ppl {TEXTS[0]} | ppl {TEXTS[1]} | score | prune (s) |\n|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n\n"
-            + "Chosen (both models): " + "; ".join(f"{m} w={w:g} (score {score(m, w):+.4f})" for m, w in chosen.items())
+            + "Chosen (over the models measured for each method): " + "; ".join(f"{m} w={w:g} (score {score(m, w):+.4f})" for m, w in chosen.items())
             + ".\n")
 
 
