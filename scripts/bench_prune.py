@@ -58,15 +58,17 @@ def sink_rows(weights):
             for owl in ("", ", OWL")]
 
 
-# --plain-rows: the calibrated rows with the other first_token_weight: the 50% rows with the papers'
-# plain mean (1) beside the defaults chosen on selection text (bench:sink_select), the 2:4 rows
-# (whose default is 1) with the unstructured defaults.
+# --plain-rows: the calibrated rows with the other first_token_weight: the papers' plain mean (1)
+# beside a default chosen on selection text (bench:sink_select, bench:sink_select_2of4), and where
+# the default is the plain mean (Wanda 2:4), the method's unstructured default.
 def plain_rows():
     configs = {"wanda": WandaConfig, "sparsegpt": SparseGPTConfig}
     rows = []
     for label, stage in OURS:
         if stage["method"] in configs:
-            w = 1 if "sparsity" in stage else configs[stage["method"]].FIRST_TOKEN_WEIGHT
+            cls = configs[stage["method"]]
+            default = cls(**{k: v for k, v in stage.items() if k != "method"}).first_token_weight
+            w = 1 if default != 1 else cls.FIRST_TOKEN_WEIGHT
             rows.append((f"{label}, first token x{w:g}", {**stage, "first_token_weight": w}))
     return rows
 
@@ -196,6 +198,7 @@ def main():
     samples = ", ".join(f"{m}: {n}" for m, n in zip(args.models, args.samples + args.samples[-1:] * len(args.models)))
     mag_owl, cal_owl = PruneConfig(scope="owl"), WandaConfig(allocation="owl")
     w_wanda, w_sgpt = WandaConfig().first_token_weight, SparseGPTConfig().first_token_weight
+    nm_wanda, nm_sgpt = WandaConfig(pattern="2:4").first_token_weight, SparseGPTConfig(pattern="2:4").first_token_weight
     table = (
         "## Pruning: magnitude, Wanda, SparseGPT, 2:4 and structured, beside llm-compressor"
         + (f" ({', '.join(args.models)})" if args.section != "prune" else "") + "\n\n"
@@ -209,10 +212,11 @@ def main():
         "`calibration_dtype: fast` on this CPU; "
         f"llm-compressor runs the float32 model as loaded). llmcompress's Wanda counts the first position of "
         f"each calibration window as {w_wanda:g} tokens in its input norms and SparseGPT as {w_sgpt:g} in its "
-        "Hessian (the `first_token_weight` defaults, chosen on selection text: `bench:sink_select`); "
+        f"Hessian at unstructured sparsity, {nm_wanda:g} and {nm_sgpt:g} at 2:4 (the `first_token_weight` "
+        "defaults, chosen on selection text: `bench:sink_select`, `bench:sink_select_2of4`); "
         "llm-compressor takes the plain mean over positions, as the papers do"
-        + (" (N:M patterns keep the plain mean by default: they were not part of that selection); rows `first token xW` "
-           "run llmcompress with the other weight" if args.plain_rows else "") + ". "
+        + ("; rows `first token xW` run llmcompress with the other weight (the plain mean, or for a default of 1 "
+           "the unstructured default)" if args.plain_rows else "") + ". "
         f"Perplexity on the first {args.eval_tokens} "
         "tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` (another domain), "
         "every output evaluated by the same code in float32. Prune time and peak RSS are measured inside each "

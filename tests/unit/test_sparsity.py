@@ -127,13 +127,14 @@ def test_first_token_weight_changes_the_masks(tiny_model_dir, tmp_path, cls):
 def test_first_token_weight_defaults():
     """Each method's default, from a recipe that leaves the option out; SparseGPT keeps the plain
     mean under gptaq_alpha > 0 (its asymmetric term is not weighted) and refuses any other weight;
-    N:M patterns keep it too."""
+    N:M patterns take their own per-method defaults."""
     stages = Recipe.from_dict({"stages": [{"method": "wanda"}, {"method": "sparsegpt"},
                                           {"method": "sparsegpt", "gptaq_alpha": 0.5},
                                           {"method": "wanda", "pattern": "2:4"}, {"method": "sparsegpt", "pattern": "2:4"},
                                           {"method": "wanda", "pattern": "2:4", "first_token_weight": 32}]}).stages
-    # N:M patterns were not part of the selection: the plain mean unless set
-    assert [s.first_token_weight for s in stages] == [32.0, 512.0, 1.0, 1.0, 1.0, 32]
+    # N:M patterns have their own defaults, chosen at 2:4: Wanda the plain mean, SparseGPT 8
+    assert [s.first_token_weight for s in stages] == [32.0, 512.0, 1.0, 1.0, 8.0, 32]
+    assert SparseGPTConfig(pattern="2:4", gptaq_alpha=0.5).first_token_weight == 1  # unweighted asymmetric term
     assert WandaConfig(first_token_weight=1).first_token_weight == 1  # the papers' mean stays available
     assert SparseGPTConfig(gptaq_alpha=0.5, first_token_weight=1).first_token_weight == 1
     with pytest.raises(ConfigError, match="gptaq_alpha"):

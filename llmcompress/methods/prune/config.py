@@ -54,24 +54,28 @@ class FirstTokenWeight:
     "Massive activations in large language models"; Xiao et al., 2024, StreamingLLM), which a
     plain mean over 16k calibration tokens all but ignores. Each method sets its own default
     (``FIRST_TOKEN_WEIGHT``), chosen for unstructured sparsity with 512-token calibration windows
-    on text no benchmark evaluates (scripts/select_sink.py; BENCHMARKS.md, bench:sink_select). N:M
-    patterns were not part of that selection and keep the plain mean (1) unless set: on SmolLM2-135M
-    x32 cost Wanda 2:4 8-13% perplexity (BENCHMARKS.md, bench:prune).
+    on text no benchmark evaluates (scripts/select_sink.py; BENCHMARKS.md, bench:sink_select), and
+    for N:M patterns (``FIRST_TOKEN_WEIGHT_NM``), chosen the same way at 2:4
+    (bench:sink_select_2of4), where a weight fitted to unstructured sparsity hurts: x32 cost Wanda
+    2:4 on SmolLM2-135M 8-13% perplexity (bench:prune).
     """
 
     FIRST_TOKEN_WEIGHT: ClassVar[float] = 1.0
+    FIRST_TOKEN_WEIGHT_NM: ClassVar[float] = 1.0
 
     first_token_weight: float | None = field(default=None, metadata={
         "help": "how many tokens the first position of each calibration sequence counts as in the calibration "
                 "statistics (Wanda's input norms, SparseGPT's Hessian, OWL's outlier count); 1: the papers' plain "
-                "mean; default: the method's choice on selection text for unstructured sparsity (wanda 32, "
-                "sparsegpt 512, with 512-token calibration windows; BENCHMARKS.md bench:sink_select), 1 with a pattern"})
+                "mean; default: the method's choice on selection text (with 512-token calibration windows) for "
+                "unstructured sparsity, wanda 32 and sparsegpt 512 (BENCHMARKS.md bench:sink_select), and for N:M "
+                "patterns, wanda 1 and sparsegpt 8 (bench:sink_select_2of4)"})
 
     def check_first_token_weight(self, default: float | None = None) -> None:
-        """Resolve the default (``default``, else 1 under an N:M pattern, else the class's) and check the range."""
+        """Resolve the default (``default``, else the class's for N:M patterns or for unstructured
+        sparsity) and check the range."""
         if self.first_token_weight is None:
             if default is None:
-                default = 1.0 if getattr(self, "pattern", None) else self.FIRST_TOKEN_WEIGHT
+                default = self.FIRST_TOKEN_WEIGHT_NM if getattr(self, "pattern", None) else self.FIRST_TOKEN_WEIGHT
             self.first_token_weight = default
         check_range("first_token_weight", self.first_token_weight, 1.0)
 
