@@ -74,12 +74,18 @@ def resolve_calibration_dtype(name: str, device) -> torch.dtype | None:
     if name == "auto":
         return None
     if name == "fast":
-        if native_bf16(device):
-            return torch.bfloat16
-        logger.info("calibration forwards in float32: %s has no native bf16 (set calibration_dtype: bfloat16 "
-                    "to force it)", torch.device(device))
-        return torch.float32
+        return fast_dtype(device, "calibration forwards", "calibration_dtype")
     return DTYPES[name]
+
+
+def fast_dtype(device, what: str = "calibration forwards", option: str = "calibration_dtype") -> torch.dtype:
+    """The ``fast`` choice on ``device``: bfloat16 where it is native, else float32 (logged, naming
+    ``what`` runs in it and the ``option`` that pins bf16)."""
+    if native_bf16(device):
+        return torch.bfloat16
+    logger.info("%s in float32: %s has no native bf16 (set %s: bfloat16 to force it)", what,
+                torch.device(device), option)
+    return torch.float32
 
 
 class _Stop(Exception):

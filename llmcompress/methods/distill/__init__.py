@@ -172,15 +172,11 @@ def resolve_teacher_dtype(name: str, device) -> str:
     """``teacher_dtype`` with ``fast`` resolved: bfloat16 where ``device`` computes it natively, else
     float32 (an AVX2-only CPU emulates bf16 matmuls, about 6x slower than float32; see
     ``calibration.native_bf16``)."""
-    from ...calibration import native_bf16
+    from ...calibration import fast_dtype
 
     if name != "fast":
         return name
-    if native_bf16(device):
-        return "bfloat16"
-    logger.info("teacher in float32: %s has no native bf16 (set teacher_dtype: bfloat16 to force it)",
-                torch.device(device))
-    return "float32"
+    return "bfloat16" if fast_dtype(device, "teacher", "teacher_dtype") == torch.bfloat16 else "float32"
 
 
 def _load_teacher(cfg: DistillConfig, device):
