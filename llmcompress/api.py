@@ -109,7 +109,7 @@ def compress(
         eval_cfg = None
 
     # ---- checks that need no weights
-    distributed.check_launch()
+    distributed.check_launch(recipe)
     repo_id = push_to_hub or recipe.push_to_hub
     if repo_id:
         from . import hub

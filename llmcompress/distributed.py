@@ -7,7 +7,9 @@ several processes is small:
 - each process works on its own device (``cuda:LOCAL_RANK``);
 - work whose result is shared on disk (the teacher's logit cache) is done by the main process
   while the others wait, then read by all;
-- only the main process measures, writes the output and pushes it.
+- only the main process measures, writes the output and pushes it;
+- under FSDP each process ends the training holding a shard of the student: the full weights
+  are gathered into a plain model on the main process (:func:`gather_sharded`).
 """
 
 from __future__ import annotations
@@ -43,22 +45,75 @@ def local_device() -> torch.device:
 SHARDING_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
 
 
-def check_launch() -> None:
-    """Refuse launches that shard the student's parameters (FSDP, DeepSpeed), before any work.
+def sharding() -> str | None:
+    """The sharding this launch asks for ("FSDP", "DeepSpeed"), or None."""
+    for var, name in SHARDING_LAUNCHES.items():
+        if os.environ.get(var, "false").lower() in ("true", "1"):
+            return name
+    return None
 
-    After such a training run each process holds only its shard; the main process alone would
-    then evaluate and write the model, and a forward pass of a sharded model needs every process
-    (it would wait forever) while a save would write one shard. Gathering the full weights back
-    is not implemented, so the run is refused instead of hanging after the training.
+
+def check_launch(recipe=None) -> None:
+    """Refuse, before any work, launches whose sharding the recipe cannot use.
+
+    FSDP shards only what the Trainer trains. After training every process holds a shard; they
+    gather the full weights together and the main process alone continues (evaluates, writes),
+    so a stage after the training one would have no model on the other processes: refused, as
+    is a recipe that trains nothing (FSDP would shard nothing; run it in one process).
+    DeepSpeed is refused: gathering its partitioned parameters is not implemented.
     """
     from .errors import ConfigError
 
-    for var, name in SHARDING_LAUNCHES.items():
-        if os.environ.get(var, "false").lower() in ("true", "1"):
-            raise ConfigError(
-                f"this launch uses {name} ({var}=true), which shards the model across processes; llmcompress "
-                "cannot yet gather a sharded student to evaluate and write it. Launch data-parallel instead: "
-                "`accelerate launch --multi_gpu` (DDP) or `torchrun`, with a model that fits on one GPU", "launcher")
+    kind = sharding()
+    if kind is None:
+        return
+    if kind != "FSDP":
+        raise ConfigError(
+            f"this launch uses {kind}, which shards the model across processes; llmcompress gathers a sharded "
+            "student only under FSDP. Launch with `accelerate launch --use_fsdp`, or data-parallel: "
+            "`accelerate launch --multi_gpu` (DDP) or `torchrun`", "launcher")
+    if recipe is None:
+        return
+    trains = [i for i, s in enumerate(recipe.stages) if s.TRAINS]
+    if not trains:
+        raise ConfigError(f"this launch uses FSDP (ACCELERATE_USE_FSDP=true), but recipe '{recipe.name}' trains "
+                          "nothing (no distill stage): FSDP shards training only; run it in one process", "launcher")
+    after = recipe.stages[trains[-1] + 1:]
+    if after:
+        raise ConfigError(f"under FSDP the training stage must be the recipe's last (the gathered model lives on "
+                          f"the main process only), but '{after[0].METHOD}' follows it: run the later stages in a "
+                          "second, single-process run on the written output", "launcher")
+    for stage in recipe.stages:
+        stage.check_launch(kind)
+
+
+def gather_sharded(trainer, cls, dtype: torch.dtype):
+    """After an FSDP training run: the full trained weights in a plain ``cls`` model on the main process.
+
+    Every process must call it (the gather is a collective). accelerate's ``get_state_dict``
+    returns the full state dict on the main process only (FSDP2: ``full_state_dict`` with
+    ``cpu_offload``; FSDP1: ``FULL_STATE_DICT`` with ``rank0_only``), which is loaded into a
+    fresh instance of the student's class and config. The other processes get None: no stage
+    follows training under FSDP (:func:`check_launch`) and they neither measure nor write.
+    """
+    full = trainer.accelerator.get_state_dict(trainer.model)
+    if not is_main():
+        return None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # every weight is overwritten below
+        plain = cls._from_config(model.config, dtype=dtype)
+    missing, unexpected = plain.load_state_dict(full, strict=False)
+    plain.tie_weights()
+    # a tied weight (lm_head sharing the embedding) may be gathered under one name only
+    loaded = {id(t) for k, t in plain.state_dict(keep_vars=True).items() if k in full}
+    missing = [k for k in missing if id(plain.state_dict(keep_vars=True)[k]) not in loaded]
+    if missing or unexpected:
+        raise RuntimeError(f"the gathered FSDP state dict does not match {cls.__name__}: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    plain.generation_config = model.generation_config
+    return plain.to(local_device())
 
 
 def _state():

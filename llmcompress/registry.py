@@ -35,6 +35,9 @@ class MethodConfig(ConfigBase):
     # True for layer-by-layer methods that can run on a model whose decoder layers are read
     # from the checkpoint and written out one at a time (``output.low_memory``).
     STREAMABLE: ClassVar[bool] = False
+    # True for methods that train the model through transformers' Trainer (distillation): the
+    # only stages a launch that shards the model (FSDP) can serve.
+    TRAINS: ClassVar[bool] = False
 
     @classmethod
     def _label(cls) -> str:
@@ -49,6 +52,10 @@ class MethodConfig(ConfigBase):
 
     def check_device(self, device) -> None:
         """Raise :class:`ConfigError` if this stage cannot run on ``device``; called before loading."""
+
+    def check_launch(self, sharding: str | None) -> None:
+        """Raise :class:`ConfigError` if this stage cannot run under the current launcher;
+        ``sharding`` names the sharding the launch asks for ("FSDP") or is None. Called before loading."""
 
     def check_model(self, config, source=None) -> None:
         """Raise :class:`ConfigError` if this stage cannot apply to a model with this transformers

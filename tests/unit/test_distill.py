@@ -1,6 +1,7 @@
 """Distillation: losses against their formulas, chunking, the top-k cache, resume, and bad inputs."""
 
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,17 +214,35 @@ def test_empty_training_text(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_sharding_launch_is_refused_before_any_work(tiny_model_dir, tmp_path, monkeypatch, var):
-    """Under FSDP / DeepSpeed each process would end holding a shard of the student, which the main
-    process alone cannot evaluate or write: refused before the teacher's cache is built."""
-    monkeypatch.setenv(var, "true")
+def test_deepspeed_launch_is_refused_before_any_work(tiny_model_dir, tmp_path, monkeypatch):
+    """Under DeepSpeed each process would end holding a partition of the student, which is not
+    gathered back: refused before the teacher's cache is built."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     recipe = Recipe(stages=[DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=2,
                                           top_k=8, cache_dir=str(tmp_path / "cache"))],
                     name="d", calibration=CalibrationConfig(num_samples=4, seq_len=16))
-    with pytest.raises(ConfigError, match="shards the model") as err:
+    with pytest.raises(ConfigError, match="DeepSpeed") as err:
         compress(str(tiny_model_dir), recipe, tmp_path / "out", evaluation=False)
-    assert "--multi_gpu" in str(err.value) and err.value.key == "launcher"
+    assert "--use_fsdp" in str(err.value) and err.value.key == "launcher"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["trains nothing", "lora", "qlora"])
+def test_fsdp_launch_refuses_what_it_cannot_shard(tiny_model_dir, tmp_path, monkeypatch, case):
+    """FSDP shards training only, and not peft adapters here: a recipe without a training stage
+    and a LoRA / QLoRA student are refused before any work."""
+    from llmcompress.methods.rtn import RTNConfig
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    if case == "trains nothing":
+        stage, match, key = RTNConfig(bits=8), "trains nothing", "launcher"
+    else:
+        stage = DistillConfig(teacher=str(tiny_model_dir), max_steps=2, lora_r=4, qlora=case == "qlora")
+        match, key = "LoRA / QLoRA", "lora_r"
+    recipe = Recipe(stages=[stage], name="d", calibration=CalibrationConfig(num_samples=4, seq_len=16))
+    with pytest.raises(ConfigError, match=match) as err:
+        compress(str(tiny_model_dir), recipe, tmp_path / "out", evaluation=False)
+    assert err.value.key == key
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -352,47 +371,121 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_data_parallel_run_under_a_launcher(tiny_model_dir, tokenizer, tmp_path):
-    """Two processes under torchrun (what ``accelerate launch --multi_gpu`` starts; gloo on CPU):
-    the Trainer shares the batches, the main process builds the logit cache once, and only it
-    measures and writes the output."""
+def _launch(tmp_path: Path, name: str, tiny_model_dir, student, env: dict | None = None, stages: str = "",
+            distill: str = "    max_steps: 3\n"):
+    """Run the CLI under torchrun with two CPU processes (gloo); returns (process, rank lines)."""
+    import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    student = tmp_path / "student"
-    make_model(layers=1, seed=3).save_pretrained(student)
-    tokenizer.save_pretrained(student)
-    (tmp_path / "r.yaml").write_text(f"""name: ddp
+    recipe = tmp_path / f"{name}.yaml"
+    recipe.write_text(f"""name: {name}
 stages:
   - method: distill
     teacher: {tiny_model_dir}
     teacher_dtype: float32
     top_k: 8
-    cache_dir: {tmp_path / 'cache'}
-    max_steps: 3
-    batch_size: 2
-calibration: {{source: wiki_calib, num_samples: 16, seq_len: 32}}
+    cache_dir: {tmp_path / (name + '-cache')}
+{distill}    batch_size: 2
+    learning_rate: 1.0e-3
+{stages}calibration: {{source: wiki_calib, num_samples: 16, seq_len: 32}}
 evaluation: {{source: wiki_eval, max_tokens: 256, seq_len: 64}}
 """)
     cli = Path(sys.executable).parent / "llmcompress"
     # --tee 3: every line of each rank, prefixed with it, so that a failing rank says why
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--tee", "3",
                            "--master_port", str(_free_port()),
-                           str(cli), "run", str(tmp_path / "r.yaml"), "--model", str(student), "--output",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+                           str(cli), "run", str(recipe), "--model", str(student), "--output",
+                           str(tmp_path / f"{name}-out")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
     ranks = "\n".join(ln for ln in (proc.stdout + proc.stderr).replace("\r", "\n").splitlines()
                       if ln.startswith("[default") and "it/s]" not in ln and "sample/s]" not in ln)
-    assert proc.returncode == 0, ranks[-6000:] + "\n...\n" + proc.stderr[-1500:]
-    # the cache is built once, by the main process, and read by the other
-    assert ranks.count("logit cache in") == 1 and "[default0]:INFO llmcompress.methods.distill: building" in ranks
-    assert proc.stdout.count("wrote ") == 1 and proc.stdout.count("| perplexity |") == 1, proc.stdout
+    return proc, ranks
+
+
+# accelerate enables FSDP for GPU launches only; tests/fsdp_cpu lifts that gate for CPU processes
+FSDP_ON_CPU = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+               "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "fsdp_cpu")}
+
+
+def test_data_parallel_and_fsdp_runs_under_a_launcher(tiny_model_dir, tokenizer, tmp_path):
+    """Two processes under torchrun (what ``accelerate launch --multi_gpu`` starts; gloo on CPU):
+    the Trainer shares the batches, the main process builds the logit cache once, and only it
+    measures and writes the output. The same run under FSDP (each process holds half of the
+    student, gathered back into a plain model on the main process after training) writes the same
+    weights as the data-parallel one."""
     import json
 
-    notes = json.loads((tmp_path / "out" / "llmcompress_report.json").read_text())["notes"]["distill"]
-    assert notes["processes"] == 2 and notes["steps"] == 3 and notes["tokens"] == 3 * 2 * 2 * 32
-    assert (tmp_path / "cache" / "index.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "r.yaml", "student"]
+    from safetensors.torch import load_file
+
+    student = tmp_path / "student"
+    make_model(layers=1, seed=3).save_pretrained(student)
+    tokenizer.save_pretrained(student)
+    runs = {}
+    for name, env in (("ddp", None), ("fsdp", FSDP_ON_CPU)):
+        proc, ranks = _launch(tmp_path, name, tiny_model_dir, student, env)
+        assert proc.returncode == 0, ranks[-6000:] + "\n...\n" + proc.stderr[-1500:]
+        # the cache is built once, by the main process, and read by the other
+        assert ranks.count("logit cache in") == 1 and "[default0]:INFO llmcompress.methods.distill: building" in ranks
+        assert proc.stdout.count("wrote ") == 1 and proc.stdout.count("| perplexity |") == 1, proc.stdout
+        notes = json.loads((tmp_path / f"{name}-out" / "llmcompress_report.json").read_text())["notes"]["distill"]
+        assert notes["processes"] == 2 and notes["steps"] == 3 and notes["tokens"] == 3 * 2 * 2 * 32
+        assert notes.get("sharding") == ("FSDP" if env else None)
+        assert (tmp_path / f"{name}-cache" / "index.json").exists()
+        runs[name] = load_file(tmp_path / f"{name}-out" / "model.safetensors")
+    start = load_file(student / "model.safetensors")
+    assert runs["ddp"].keys() == runs["fsdp"].keys() == start.keys()
+    for k, w in runs["ddp"].items():
+        # same data, seed and averaged gradients: the same weights up to summation order
+        torch.testing.assert_close(runs["fsdp"][k], w, rtol=1e-4, atol=1e-5, msg=k)
+    assert any(not torch.equal(start[k], w) for k, w in runs["fsdp"].items())  # trained, not the start
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["student", *(f"{n}{s}" for n in runs for s in ("-cache", "-out", ".yaml"))])
+
+
+def test_fsdp_run_resumes_from_its_checkpoint(tiny_model_dir, tokenizer, tmp_path):
+    """FSDP checkpoints hold each process's shard (accelerate writes them); a run killed after its
+    step-2 checkpoint and started again with resume ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    student = tmp_path / "student"
+    make_model(layers=1, seed=3).save_pretrained(student)
+    tokenizer.save_pretrained(student)
+
+    def steps(folder, resume=False):
+        return (f"    max_steps: 4\n    save_steps: 2\n    checkpoint_dir: {tmp_path / folder}\n"
+                + ("    resume: true\n" if resume else ""))
+
+    proc, ranks = _launch(tmp_path, "full", tiny_model_dir, student, FSDP_ON_CPU, distill=steps("ckpt-full"))
+    assert proc.returncode == 0, ranks[-6000:]
+    proc, ranks = _launch(tmp_path, "cut", tiny_model_dir, student,
+                          {**FSDP_ON_CPU, "LLMCOMPRESS_TEST_INTERRUPT_AT_STEP": "2"}, distill=steps("ckpt-cut"))
+    assert proc.returncode != 0 and not (tmp_path / "cut-out").exists()
+    assert (tmp_path / "ckpt-cut" / "checkpoint-2").is_dir()
+    proc, ranks = _launch(tmp_path, "cut", tiny_model_dir, student, FSDP_ON_CPU, distill=steps("ckpt-cut", True))
+    assert proc.returncode == 0, ranks[-6000:]
+    import json
+
+    notes = json.loads((tmp_path / "cut-out" / "llmcompress_report.json").read_text())["notes"]["distill"]
+    assert notes["resumed_from"].endswith("checkpoint-2") and notes["steps"] == 4 and notes["sharding"] == "FSDP"
+    a, b = load_file(tmp_path / "full-out" / "model.safetensors"), load_file(tmp_path / "cut-out" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_fsdp_launch_needs_training_as_the_last_stage(tiny_model_dir, tokenizer, tmp_path):
+    """Under FSDP only the main process holds the gathered student: a stage after the training one
+    is refused before any work, in every process, and nothing is written."""
+    student = tmp_path / "student"
+    make_model(layers=1, seed=3).save_pretrained(student)
+    tokenizer.save_pretrained(student)
+    proc, ranks = _launch(tmp_path, "after", tiny_model_dir, student, FSDP_ON_CPU,
+                          stages="  - method: rtn\n    bits: 8\n")
+    assert proc.returncode != 0
+    assert ranks.count("'rtn' follows it") == 2, ranks[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after.yaml", "student"]
 
 
 def test_bf16_mixed_precision_returns_a_plain_float32_model(tiny_model_dir, tokenizer, tmp_path, monkeypatch):

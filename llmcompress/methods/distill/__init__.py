@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 
 from ...config import check_choice, check_range
-from ...distributed import main_process_first, world_size
+from ...distributed import gather_sharded, main_process_first, world_size
 from ...errors import ConfigError
 from ...modeling import count_parameters
 from ...registry import MethodConfig, register_method
@@ -49,6 +49,7 @@ class DistillConfig(MethodConfig):
 
     KIND: ClassVar[str] = "distilled"
     NEEDS_CALIBRATION: ClassVar[bool] = True
+    TRAINS: ClassVar[bool] = True
 
     teacher: str = field(default="", metadata={"help": "teacher model: alias, directory, .gguf or hub id"})
     teacher_dtype: str = field(default="fast", metadata={"help": "teacher weights: fast (bfloat16 where the device computes it natively: CUDA, CPUs with AVX512 / AMX; float32 elsewhere) | bfloat16 | float16 | float32 | int8 | nf4 (bitsandbytes)"})
@@ -99,6 +100,12 @@ class DistillConfig(MethodConfig):
             raise ConfigError("qlora trains LoRA adapters on a 4-bit base: set lora_r (e.g. 16)", "qlora")
         if self.resume and not self.save_steps:
             raise ConfigError("resume needs checkpoints: set save_steps (and the same checkpoint_dir)", "resume")
+
+    def check_launch(self, sharding: str | None) -> None:
+        if sharding and (self.lora_r or self.qlora):
+            raise ConfigError(f"LoRA / QLoRA students are not supported under {sharding} (peft adapters on a sharded, "
+                              "partly frozen model): launch data-parallel (`accelerate launch --multi_gpu`), "
+                              "which LoRA's small trainable set suits", "lora_r")
 
     def check_model(self, config, source=None) -> None:
         from ... import models
@@ -282,6 +289,8 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         student = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM",
                                                    target_modules=LORA_TARGETS))
     student.train()
+    # under FSDP the student is sharded in place; the gathered weights go into a new instance
+    student_cls, student_dtype = type(student), next(student.parameters()).dtype
     # Trainer needs an output_dir even when nothing is saved; a temp folder made only for that
     # is removed after training so that runs do not leave empty folders behind.
     scratch = not cfg.checkpoint_dir
@@ -320,6 +329,16 @@ def apply_distill(model, cfg: DistillConfig, ctx):
                           for h in trainer.state.log_history if "loss" in h],
                   "checkpoint_dir": out_dir if (cfg.save_steps or not scratch) else None,
                   "resumed_from": resume})
+    if trainer.is_fsdp_enabled:
+        # each process holds a shard: gather the full weights into a plain model on the main one
+        student = gather_sharded(trainer, student_cls, student_dtype)
+        if student is None:  # another process: nothing follows training under FSDP (check_launch)
+            ctx.notes["distill"] = notes
+            return model
+        notes["sharding"] = "FSDP"
+        ctx.notes["distill"] = notes
+        student.eval()
+        return student
     # Mixed precision: accelerate wrapped the model's forward in autocast; give back the plain one,
     # or the returned model would keep computing in bf16 (and differ from its own checkpoint).
     student = trainer.accelerator.unwrap_model(student, keep_fp32_wrapper=False)
