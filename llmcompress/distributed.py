@@ -53,7 +53,7 @@ def sharding() -> str | None:
     return None
 
 
-def check_launch(recipe=None) -> None:
+def check_launch(recipe) -> None:
     """Refuse, before any work, launches whose sharding the recipe cannot use.
 
     FSDP shards only what the Trainer trains. After training every process holds a shard; they
@@ -72,8 +72,6 @@ def check_launch(recipe=None) -> None:
             f"this launch uses {kind}, which shards the model across processes; llmcompress gathers a sharded "
             "student only under FSDP. Launch with `accelerate launch --use_fsdp`, or data-parallel: "
             "`accelerate launch --multi_gpu` (DDP) or `torchrun`", "launcher")
-    if recipe is None:
-        return
     trains = [i for i, s in enumerate(recipe.stages) if s.TRAINS]
     if not trains:
         raise ConfigError(f"this launch uses FSDP (ACCELERATE_USE_FSDP=true), but recipe '{recipe.name}' trains "
@@ -107,8 +105,9 @@ def gather_sharded(trainer, cls, dtype: torch.dtype):
     missing, unexpected = plain.load_state_dict(full, strict=False)
     plain.tie_weights()
     # a tied weight (lm_head sharing the embedding) may be gathered under one name only
-    loaded = {id(t) for k, t in plain.state_dict(keep_vars=True).items() if k in full}
-    missing = [k for k in missing if id(plain.state_dict(keep_vars=True)[k]) not in loaded]
+    tensors = plain.state_dict(keep_vars=True)
+    loaded = {id(t) for k, t in tensors.items() if k in full}
+    missing = [k for k in missing if id(tensors[k]) not in loaded]
     if missing or unexpected:
         raise RuntimeError(f"the gathered FSDP state dict does not match {cls.__name__}: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")

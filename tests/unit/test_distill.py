@@ -227,19 +227,21 @@ def test_deepspeed_launch_is_refused_before_any_work(tiny_model_dir, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("case", ["trains nothing", "lora", "qlora"])
+@pytest.mark.parametrize("case", ["trains nothing", "stage after training", "lora", "qlora"])
 def test_fsdp_launch_refuses_what_it_cannot_shard(tiny_model_dir, tmp_path, monkeypatch, case):
-    """FSDP shards training only, and not peft adapters here: a recipe without a training stage
-    and a LoRA / QLoRA student are refused before any work."""
+    """FSDP shards training only, and not peft adapters here: a recipe without a training stage, a
+    stage after the training one (only the main process holds the gathered student) and a LoRA /
+    QLoRA student are refused before any work (in every process: each runs this check)."""
     from llmcompress.methods.rtn import RTNConfig
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    if case == "trains nothing":
-        stage, match, key = RTNConfig(bits=8), "trains nothing", "launcher"
-    else:
-        stage = DistillConfig(teacher=str(tiny_model_dir), max_steps=2, lora_r=4, qlora=case == "qlora")
-        match, key = "LoRA / QLoRA", "lora_r"
-    recipe = Recipe(stages=[stage], name="d", calibration=CalibrationConfig(num_samples=4, seq_len=16))
+    distill = DistillConfig(teacher=str(tiny_model_dir), max_steps=2, lora_r=4 * (case in ("lora", "qlora")),
+                            qlora=case == "qlora")
+    stages, match, key = {"trains nothing": ([RTNConfig(bits=8)], "trains nothing", "launcher"),
+                          "stage after training": ([distill, RTNConfig(bits=8)], "'rtn' follows it", "launcher"),
+                          "lora": ([distill], "LoRA / QLoRA", "lora_r"),
+                          "qlora": ([distill], "LoRA / QLoRA", "lora_r")}[case]
+    recipe = Recipe(stages=stages, name="d", calibration=CalibrationConfig(num_samples=4, seq_len=16))
     with pytest.raises(ConfigError, match=match) as err:
         compress(str(tiny_model_dir), recipe, tmp_path / "out", evaluation=False)
     assert err.value.key == key
@@ -403,6 +405,13 @@ evaluation: {{source: wiki_eval, max_tokens: 256, seq_len: 64}}
     return proc, ranks
 
 
+def _student_dir(tmp_path: Path, tokenizer) -> Path:
+    student = tmp_path / "student"
+    make_model(layers=1, seed=3).save_pretrained(student)
+    tokenizer.save_pretrained(student)
+    return student
+
+
 # accelerate enables FSDP for GPU launches only; tests/fsdp_cpu lifts that gate for CPU processes
 FSDP_ON_CPU = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
                "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer",
@@ -419,9 +428,7 @@ def test_data_parallel_and_fsdp_runs_under_a_launcher(tiny_model_dir, tokenizer,
 
     from safetensors.torch import load_file
 
-    student = tmp_path / "student"
-    make_model(layers=1, seed=3).save_pretrained(student)
-    tokenizer.save_pretrained(student)
+    student = _student_dir(tmp_path, tokenizer)
     runs = {}
     for name, env in (("ddp", None), ("fsdp", FSDP_ON_CPU)):
         proc, ranks = _launch(tmp_path, name, tiny_model_dir, student, env)
@@ -449,9 +456,7 @@ def test_fsdp_run_resumes_from_its_checkpoint(tiny_model_dir, tokenizer, tmp_pat
     step-2 checkpoint and started again with resume ends with the uninterrupted run's weights."""
     from safetensors.torch import load_file
 
-    student = tmp_path / "student"
-    make_model(layers=1, seed=3).save_pretrained(student)
-    tokenizer.save_pretrained(student)
+    student = _student_dir(tmp_path, tokenizer)
 
     def steps(folder, resume=False):
         return (f"    max_steps: 4\n    save_steps: 2\n    checkpoint_dir: {tmp_path / folder}\n"
@@ -473,19 +478,6 @@ def test_fsdp_run_resumes_from_its_checkpoint(tiny_model_dir, tokenizer, tmp_pat
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
-
-
-def test_fsdp_launch_needs_training_as_the_last_stage(tiny_model_dir, tokenizer, tmp_path):
-    """Under FSDP only the main process holds the gathered student: a stage after the training one
-    is refused before any work, in every process, and nothing is written."""
-    student = tmp_path / "student"
-    make_model(layers=1, seed=3).save_pretrained(student)
-    tokenizer.save_pretrained(student)
-    proc, ranks = _launch(tmp_path, "after", tiny_model_dir, student, FSDP_ON_CPU,
-                          stages="  - method: rtn\n    bits: 8\n")
-    assert proc.returncode != 0
-    assert ranks.count("'rtn' follows it") == 2, ranks[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["after.yaml", "student"]
 
 
 def test_bf16_mixed_precision_returns_a_plain_float32_model(tiny_model_dir, tokenizer, tmp_path, monkeypatch):

@@ -329,25 +329,22 @@ def apply_distill(model, cfg: DistillConfig, ctx):
                           for h in trainer.state.log_history if "loss" in h],
                   "checkpoint_dir": out_dir if (cfg.save_steps or not scratch) else None,
                   "resumed_from": resume})
+    ctx.notes["distill"] = notes
     if trainer.is_fsdp_enabled:
         # each process holds a shard: gather the full weights into a plain model on the main one
         student = gather_sharded(trainer, student_cls, student_dtype)
         if student is None:  # another process: nothing follows training under FSDP (check_launch)
-            ctx.notes["distill"] = notes
             return model
         notes["sharding"] = "FSDP"
-        ctx.notes["distill"] = notes
-        student.eval()
-        return student
-    # Mixed precision: accelerate wrapped the model's forward in autocast; give back the plain one,
-    # or the returned model would keep computing in bf16 (and differ from its own checkpoint).
-    student = trainer.accelerator.unwrap_model(student, keep_fp32_wrapper=False)
-    if cfg.qlora:
-        from .qlora import merge_into
+    else:
+        # Mixed precision: accelerate wrapped the model's forward in autocast; give back the plain one,
+        # or the returned model would keep computing in bf16 (and differ from its own checkpoint).
+        student = trainer.accelerator.unwrap_model(student, keep_fp32_wrapper=False)
+        if cfg.qlora:  # LoRA / QLoRA are refused under FSDP (DistillConfig.check_launch)
+            from .qlora import merge_into
 
-        student = merge_into(model, student)
-    elif cfg.lora_r:
-        student = student.merge_and_unload()
+            student = merge_into(model, student)
+        elif cfg.lora_r:
+            student = student.merge_and_unload()
     student.eval()
-    ctx.notes["distill"] = notes
     return student
