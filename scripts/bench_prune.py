@@ -60,7 +60,7 @@ def sink_rows(weights):
 
 # --plain-rows: the calibrated rows with the other first_token_weight: the papers' plain mean (1)
 # beside a default chosen on selection text (bench:sink_select, bench:sink_select_2of4), and where
-# the default is the plain mean (Wanda 2:4), the method's unstructured default.
+# a default is the plain mean, the method's unstructured default.
 def plain_rows():
     configs = {"wanda": WandaConfig, "sparsegpt": SparseGPTConfig}
     rows = []

@@ -132,8 +132,8 @@ def test_first_token_weight_defaults():
                                           {"method": "sparsegpt", "gptaq_alpha": 0.5},
                                           {"method": "wanda", "pattern": "2:4"}, {"method": "sparsegpt", "pattern": "2:4"},
                                           {"method": "wanda", "pattern": "2:4", "first_token_weight": 32}]}).stages
-    # N:M patterns have their own defaults, chosen at 2:4: Wanda the plain mean, SparseGPT 8
-    assert [s.first_token_weight for s in stages] == [32.0, 512.0, 1.0, 1.0, 8.0, 32]
+    # N:M patterns have their own defaults, chosen at 2:4: 8 for both
+    assert [s.first_token_weight for s in stages] == [32.0, 512.0, 1.0, 8.0, 8.0, 32]
     assert SparseGPTConfig(pattern="2:4", gptaq_alpha=0.5).first_token_weight == 1  # unweighted asymmetric term
     assert WandaConfig(first_token_weight=1).first_token_weight == 1  # the papers' mean stays available
     assert SparseGPTConfig(gptaq_alpha=0.5, first_token_weight=1).first_token_weight == 1

@@ -68,7 +68,7 @@ class FirstTokenWeight:
                 "statistics (Wanda's input norms, SparseGPT's Hessian, OWL's outlier count); 1: the papers' plain "
                 "mean; default: the method's choice on selection text (with 512-token calibration windows) for "
                 "unstructured sparsity, wanda 32 and sparsegpt 512 (BENCHMARKS.md bench:sink_select), and for N:M "
-                "patterns, wanda 1 and sparsegpt 8 (bench:sink_select_2of4)"})
+                "patterns, 8 for both (bench:sink_select_2of4)"})
 
     def check_first_token_weight(self, default: float | None = None) -> None:
         """Resolve the default (``default``, else the class's for N:M patterns or for unstructured

@@ -7,7 +7,7 @@ Recipe::
       damp: 0.01
       gptaq_alpha: 0.0       # > 0: fit the full-precision model's outputs (asymmetric calibration)
       allocation: uniform    # uniform | owl: a sparsity per decoder layer (see methods.wanda)
-      first_token_weight: 512 # the first position of each calibration sequence counts 512 tokens (attention sink) at unstructured sparsity, 1 (the paper's mean) with a pattern (and the default under gptaq_alpha > 0)
+      first_token_weight: 512 # the first position of each calibration sequence counts 512 tokens (attention sink) at unstructured sparsity, 8 with a pattern, 1 (the paper's mean) under gptaq_alpha > 0
     calibration: {source: wiki_calib, num_samples: 128, seq_len: 512}
 
 Calibrated layer by layer through the same engine and Hessians as GPTQ; a following
