@@ -95,6 +95,11 @@ def _distill_section(d: dict) -> list[str]:
              f"| training data | {d['samples']} windows of {d['seq_len']} tokens ({d.get('data', 'calibration text')}) |",
              f"| steps | {d['steps']} |", f"| tokens seen | {d['tokens']:,} |",
              f"| final training loss | {d['train_loss']:.4f} |"]
+    tc = d.get("teacher_correction")
+    if tc:  # Minitron's teacher correction: the teacher fine-tuned on the same text first
+        lines.insert(-3, f"| teacher correction | {tc['steps']} steps of cross-entropy on the training data before "
+                         "distilling" + (" (logits read from the corrected teacher's cache)" if tc.get("cached") else
+                                         f" (lr {tc['learning_rate']:g}, final loss {tc['train_loss']:.4f})") + " |")
     return lines
 
 

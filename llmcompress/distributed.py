@@ -60,12 +60,15 @@ def check_launch(recipe) -> None:
     gather the full weights together and the main process alone continues (evaluates, writes),
     so a stage after the training one would have no model on the other processes: refused, as
     is a recipe that trains nothing (FSDP would shard nothing; run it in one process).
-    DeepSpeed is refused: gathering its partitioned parameters is not implemented.
+    DeepSpeed is refused: gathering its partitioned parameters is not implemented. Every launch,
+    sharded or not, runs each stage's own :meth:`~llmcompress.registry.MethodConfig.check_launch`.
     """
     from .errors import ConfigError
 
     kind = sharding()
     if kind is None:
+        for stage in recipe.stages:  # data-parallel or one process: the stages' own limits
+            stage.check_launch(None)
         return
     if kind != "FSDP":
         raise ConfigError(

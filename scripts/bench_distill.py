@@ -43,6 +43,8 @@ VARIANTS = {  # key: (label, DistillConfig options); top_k: 0 means the teacher 
     # decoder-layer outputs too (students as wide as the teacher: the pruned copy, setup (b)); teacher online
     "fkl_ce_hid": ("forward KL + CE + layer outputs (teacher online)", dict(alpha=0.5, top_k=0, hidden_weight=1.0)),
     "fkl_ce_hid4": ("forward KL + CE + 4 x layer outputs (teacher online)", dict(alpha=0.5, top_k=0, hidden_weight=4.0)),
+    # Minitron's teacher correction: the teacher first trains --correction-steps (default --steps) on the same windows
+    "fkl_ce_tc": ("forward KL + CE (alpha 0.5), teacher corrected first", dict(alpha=0.5, correct=True)),
 }
 DEFAULT_VARIANTS = "ce,fkl,fkl_ce,fkl_t2_ce,rkl_ce,jsd_ce,online_naive"
 
@@ -72,6 +74,8 @@ def main():
     ap.add_argument("--precision", default="bf16", help="mixed precision of training: bf16 | no")
     ap.add_argument("--teacher", default=None, help="teacher alias (default: --model, unpruned)")
     ap.add_argument("--teacher-dtype", default="float32")
+    ap.add_argument("--correction-steps", type=int, default=0,
+                    help="teacher-correction steps of the fkl_ce_tc variant (default: --steps, the student's budget)")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list of: " + ", ".join(VARIANTS))
     ap.add_argument("--section", default="distill", help="BENCHMARKS.md section to write")
     ap.add_argument("--skip-memory", action="store_true", help="skip the loss-step memory measurement")
@@ -112,9 +116,17 @@ def main():
                   learning_rate=args.lr, lr_scheduler="cosine", warmup_steps=max(1, args.steps // 10),
                   mixed_precision=args.precision, logging_steps=max(1, args.steps // 6), seed=0)
     def cached(kw):  # the cache stores the teacher at the distillation temperature: one per temperature
-        return dict(top_k=args.top_k, cache_dir=str(work / f"cache-T{kw.get('temperature', 1.0)}"))
+        corrected = "-corrected" if kw.get("teacher_correction_steps") else ""
+        return dict(top_k=args.top_k, cache_dir=str(work / f"cache-T{kw.get('temperature', 1.0)}{corrected}"))
 
-    variants = [(label, {**kw, **(cached(kw) if kw.get("top_k", 1) else {})}) for key, (label, kw) in VARIANTS.items()
+    def resolved(kw):
+        kw = dict(kw)
+        if kw.pop("correct", False):
+            kw["teacher_correction_steps"] = args.correction_steps or args.steps
+        return kw
+
+    variants = [(label, {**kw, **(cached(kw) if kw.get("top_k", 1) else {})})
+                for key, (label, kw) in ((k, (lab, resolved(kw))) for k, (lab, kw) in VARIANTS.items())
                 if key in args.variants.split(",")]
     for label, kw in variants:
         print(f"[{args.model}] {label} ...", flush=True)
@@ -125,7 +137,8 @@ def main():
         n = ctx.notes["distill"]
         results[label] = {"ppl": cb.curve[-1], "curve": cb.curve, "train_seconds": n["train_seconds"],
                           "tokens": n["tokens"], "cache_seconds": n.get("cache_seconds"),
-                          "temperature": kw.get("temperature", 1.0)}
+                          "temperature": kw.get("temperature", 1.0),
+                          **({"teacher_correction": n["teacher_correction"]} if "teacher_correction" in n else {})}
         del student
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
@@ -174,8 +187,15 @@ def render(args, results: dict, mem: dict) -> None:
         curve = ", ".join(f"{c['tokens'] // 1000}k: {c['wiki_eval']:.2f}" for c in r.get("curve", []))
         speed = f"{r['tokens'] / r['train_seconds']:.0f}" if "train_seconds" in r else "-"
         rows.append(f"| {label} | {cells} | {ratio} | {curve or '-'} | {speed} |")
-    builds = {r.get("temperature", 1.0): r["cache_seconds"] for r in results.values() if r.get("cache_seconds")}
-    cache_s = ", ".join(f"T={t:g}: {s:.1f} s" for t, s in sorted(builds.items())) or "-"
+    builds = {(r.get("temperature", 1.0), "teacher_correction" in r): r["cache_seconds"]
+              for r in results.values() if r.get("cache_seconds")}
+    cache_s = ", ".join(f"T={t:g}{', corrected teacher' if c else ''}: {s:.1f} s"
+                        for (t, c), s in sorted(builds.items())) or "-"
+    corrections = [r["teacher_correction"] for r in results.values() if r.get("teacher_correction", {}).get("seconds")]
+    correction_s = "".join(
+        f" Teacher correction (Minitron): the teacher trained {c['steps']} steps with cross-entropy on the same "
+        f"windows in the same order (lr {c['learning_rate']:g}, float32) before its cache was built, in "
+        f"{c['seconds']:.0f} s, final training loss {c['train_loss']:.3f}." for c in corrections[:1])
     if args.teacher:
         student_row = results["student, untrained"]
         teacher_row = results[f"teacher ({args.teacher})"]
@@ -191,14 +211,15 @@ def render(args, results: dict, mem: dict) -> None:
         f" --model {args.model}" + (f" --teacher {args.teacher}" if args.teacher else "") +
         f" --mlp-ratio {args.mlp_ratio} --steps {args.steps} --batch {args.batch} --seq-len {args.seq_len} "
         f"--samples {args.samples} --lr {args.lr} --top-k {args.top_k} --teacher-dtype {args.teacher_dtype} "
-        f"--variants {args.variants} --section {args.section}" + (" --skip-memory" if args.skip_memory else ""))
+        f"--variants {args.variants}" + (f" --correction-steps {args.correction_steps}" if args.correction_steps else "") +
+        f" --section {args.section}" + (" --skip-memory" if args.skip_memory else ""))
     table = (
         title + f"`{cmd}` (one run; {machine()}). " + setup +
         f"Each student trains {args.steps} steps of {args.batch} x {args.seq_len} tokens ({args.steps * tps:,} "
         f"tokens; {args.samples} windows of `wiki_calib`, seed 1: {args.steps * args.batch / args.samples:.2f} "
         f"epochs), AdamW lr {args.lr} cosine, mixed precision {args.precision}, same data order; teacher logit "
         f"cache (top-{args.top_k} and the log-mass of the rest) built once per temperature "
-        f"({cache_s}). Perplexity on 2048 held-out "
+        f"({cache_s}).{correction_s} Perplexity on 2048 held-out "
         "tokens of `wiki_eval` (the training domain) and `python_docs` (other text); 'vs CE' is the ratio "
         "to cross-entropy-only training at equal tokens (target <= 0.9); the curve is wiki_eval perplexity "
         "against tokens seen.\n\n"

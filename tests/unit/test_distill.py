@@ -253,7 +253,8 @@ def test_distilled_student_saves_and_reloads(tiny_model_dir, tokenizer, tmp_path
     make_model(layers=1, seed=3).save_pretrained(student)
     tokenizer.save_pretrained(student)
     recipe = Recipe(stages=[DistillConfig(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=3,
-                                          top_k=8, cache_dir=str(tmp_path / "cache"), loss="jsd", alpha=0.5)],
+                                          top_k=8, cache_dir=str(tmp_path / "cache"), loss="jsd", alpha=0.5,
+                                          teacher_correction_steps=2)],
                     name="d", calibration=CalibrationConfig(num_samples=8, seq_len=32))
     res = compress(str(student), recipe, tmp_path / "out", evaluation=False)
     assert res.reload_max_abs_diff is not None and res.reload_max_abs_diff < 1e-4
@@ -263,6 +264,8 @@ def test_distilled_student_saves_and_reloads(tiny_model_dir, tokenizer, tmp_path
     card = (tmp_path / "out" / "README.md").read_text()
     assert "## Distillation" in card and str(tiny_model_dir) in card and "steps" in card
     assert "teacher in float32" in card
+    assert "| teacher correction | 2 steps of cross-entropy on the training data" in card
+    assert notes["teacher_correction"]["steps"] == 2
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
@@ -626,3 +629,69 @@ def test_cross_entropy_alone_builds_no_cache(tiny_model_dir, tokenizer, tmp_path
                                                               cache_dir=str(tmp_path / "cache")), ctx)
     assert not (tmp_path / "cache").exists() and "cache_dir" not in ctx.notes["distill"]
     assert ctx.notes["distill"]["steps"] == 1
+
+
+def test_teacher_correction_fits_the_teacher_to_the_training_text(tiny_model_dir, tokenizer, tmp_path):
+    """``teacher_correction_steps`` (Minitron) fine-tunes the teacher on the training windows first:
+    the cache then holds a teacher whose cross-entropy on them is below the released teacher's. The
+    cache names the correction, so a stage without it refuses that cache, and a second corrected run
+    reads it without training the teacher again. With the teacher in the loop the correction runs too."""
+    from transformers import AutoModelForCausalLM
+
+    # windows over 32 of the 512 tokens: a few steps teach the teacher to put its mass there
+    ids = torch.randint(0, 32, (8, 32), generator=torch.Generator().manual_seed(0))
+    common = dict(teacher=str(tiny_model_dir), teacher_dtype="float32", max_steps=2, batch_size=4,
+                  learning_rate=1e-3, alpha=0.5, mixed_precision="no")
+    corrected = dict(common, top_k=512, cache_dir=str(tmp_path / "c"), teacher_correction_steps=6,
+                     teacher_correction_lr=1e-2)
+    ctx = ctx_for(tokenizer, ids)
+    apply_distill(make_model(layers=1, seed=2), DistillConfig(**corrected), ctx)
+    tc = ctx.notes["distill"]["teacher_correction"]
+    assert tc["steps"] == 6 and tc["learning_rate"] == 1e-2 and tc["train_loss"] > 0
+    cache = TopKCache(tmp_path / "c")
+    assert "+corrected(steps=6,lr=0.01" in cache.teacher
+
+    def cross_entropy_on_ids(logits):
+        return F.cross_entropy(logits[:, :-1].reshape(-1, 512).float(), ids[:, 1:].reshape(-1)).item()
+
+    cached = torch.zeros(8, 32, 512)
+    for i in range(8):  # top-512 of 512: the corrected teacher's full logits
+        _, values, indices, _ = cache[i]
+        cached[i].scatter_(-1, indices.long(), values.float())
+    with torch.no_grad():
+        released = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(ids).logits
+    assert cross_entropy_on_ids(cached) < 0.8 * cross_entropy_on_ids(released)
+
+    with pytest.raises(ConfigError, match="holds the logits of teacher .*corrected") as err:
+        apply_distill(make_model(layers=1, seed=2), DistillConfig(**dict(corrected, teacher_correction_steps=0)),
+                      ctx_for(tokenizer, ids))
+    assert err.value.key == "cache_dir"
+    ctx = ctx_for(tokenizer, ids)
+    apply_distill(make_model(layers=1, seed=2), DistillConfig(**corrected), ctx)
+    assert ctx.notes["distill"]["teacher_correction"] == {"steps": 6, "cached": True}
+    assert "cache_seconds" not in ctx.notes["distill"]
+
+    ctx = ctx_for(tokenizer, ids)
+    apply_distill(make_model(layers=1, seed=2), DistillConfig(**common, top_k=0, teacher_correction_steps=2), ctx)
+    assert ctx.notes["distill"]["teacher_correction"]["steps"] == 2
+
+
+@pytest.mark.parametrize("opts, match", [({"teacher_dtype": "nf4"}, "bitsandbytes nf4 teacher"),
+                                         ({"alpha": 1.0}, "never reads"),
+                                         ({"teacher_correction_steps": -1}, "teacher_correction_steps")])
+def test_teacher_correction_refuses_what_it_cannot_train(opts, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        DistillConfig(**{"teacher": "t", "teacher_correction_steps": 4, **opts})
+    assert err.value.key == "teacher_correction_steps"
+
+
+def test_teacher_correction_under_a_launcher_is_refused_before_any_work(tiny_model_dir, tmp_path, monkeypatch):
+    """Each launched process would correct a teacher of its own: refused in every process, nothing written."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    recipe = Recipe(stages=[DistillConfig(teacher=str(tiny_model_dir), max_steps=2, top_k=8,
+                                          cache_dir=str(tmp_path / "cache"), alpha=0.5, teacher_correction_steps=2)],
+                    name="d", calibration=CalibrationConfig(num_samples=4, seq_len=16))
+    with pytest.raises(ConfigError, match="teacher correction runs in one process") as err:
+        compress(str(tiny_model_dir), recipe, tmp_path / "out", evaluation=False)
+    assert err.value.key == "teacher_correction_steps"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -2,7 +2,10 @@
 
 Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (2015); reverse KL as in
 MiniLLM (Gu et al., 2024); generalized JSD as in GKD (Agarwal et al., 2024). Prune-then-distill
-follows Minitron (Sreenivas et al., 2024).
+follows Minitron (Sreenivas et al., 2024), and so does the optional teacher correction: the teacher
+first fine-tunes on the distillation text, so that the student does not learn a distribution over
+text unlike the one it trains on (Sreenivas et al., "LLM Pruning and Distillation in Practice: The
+Minitron Approach", arXiv:2408.11796).
 
 Recipe (the model being compressed is the student; the calibration section is the training text)::
 
@@ -12,6 +15,7 @@ Recipe (the model being compressed is the student; the calibration section is th
       temperature: 2.0
       alpha: 0.5                      # weight of plain cross-entropy on the labels
       top_k: 64                       # >0: cache the teacher's top-k logits once, train offline
+      # teacher_correction_steps: 100 # fine-tune the teacher on the training text first (Minitron)
       # hidden_weight: 1.0            # + decoder-layer outputs (students as wide as the teacher; top_k: 0)
       max_steps: 200
       learning_rate: 5.0e-5
@@ -76,6 +80,8 @@ class DistillConfig(MethodConfig):
     lora_r: int = field(default=0, metadata={"help": ">0: train LoRA adapters of this rank (peft), merged into the output"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling"})
     qlora: bool = field(default=False, metadata={"help": "LoRA on a frozen nf4 (bitsandbytes) copy of the student (QLoRA); the output is the dequantized base plus the merged adapters"})
+    teacher_correction_steps: int = field(default=0, metadata={"help": ">0: first fine-tune the teacher this many steps with cross-entropy on the training text, then distill from the corrected teacher (Minitron's teacher correction); with top_k the cache holds the corrected teacher"})
+    teacher_correction_lr: float = field(default=0.0, metadata={"help": "peak learning rate of the teacher correction (0: learning_rate); its other settings (batch, schedule, precision, seed) are the student's"})
     seed: int = field(default=0, metadata={"help": "data order and initialisation seed"})
     logging_steps: int = field(default=10, metadata={"help": "log the loss every N steps"})
 
@@ -100,8 +106,28 @@ class DistillConfig(MethodConfig):
             raise ConfigError("qlora trains LoRA adapters on a 4-bit base: set lora_r (e.g. 16)", "qlora")
         if self.resume and not self.save_steps:
             raise ConfigError("resume needs checkpoints: set save_steps (and the same checkpoint_dir)", "resume")
+        self.check_teacher_correction()
+
+    def check_teacher_correction(self) -> None:
+        check_range("teacher_correction_steps", self.teacher_correction_steps, 0)
+        check_range("teacher_correction_lr", self.teacher_correction_lr, 0)
+        if not self.teacher_correction_steps:
+            return
+        if self.teacher_dtype in ("int8", "nf4"):
+            raise ConfigError(f"teacher correction fine-tunes every weight of the teacher, which a bitsandbytes "
+                              f"{self.teacher_dtype} teacher cannot train: set teacher_dtype to fast, bfloat16 or "
+                              "float32, or teacher_correction_steps: 0", "teacher_correction_steps")
+        if self.alpha == 1 and not self.hidden_weight:
+            raise ConfigError("teacher_correction_steps corrects a teacher that this stage never reads (alpha 1: "
+                              "cross-entropy alone): set alpha below 1, or teacher_correction_steps: 0",
+                              "teacher_correction_steps")
 
     def check_launch(self, sharding: str | None) -> None:
+        if self.teacher_correction_steps and world_size() > 1:
+            raise ConfigError("teacher correction runs in one process (each launched process would train its own "
+                              "teacher): correct the teacher in a one-process run of a distill stage with alpha 1 "
+                              "on the teacher itself and pass its output as 'teacher', or set "
+                              "teacher_correction_steps: 0", "teacher_correction_steps")
         if sharding and (self.lora_r or self.qlora):
             raise ConfigError(f"LoRA / QLoRA students are not supported under {sharding} (peft adapters on a sharded, "
                               "partly frozen model): launch data-parallel (`accelerate launch --multi_gpu`), "
@@ -214,13 +240,69 @@ def _precision(cfg: DistillConfig, device) -> dict:
     return {"bf16": mp == "bf16", "fp16": mp == "fp16"}
 
 
+def _training_args(cfg: DistillConfig, device, out_dir: str, *, max_steps: int, learning_rate: float,
+                   save_steps: int = 0):
+    """transformers ``TrainingArguments`` of the stage, for the student or the teacher correction."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=out_dir, max_steps=max_steps, learning_rate=learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        **{_checkpointing_arg(): cfg.gradient_checkpointing}, logging_steps=cfg.logging_steps,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, save_total_limit=2,
+        seed=cfg.seed, data_seed=cfg.seed, report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
+        use_cpu=device.type == "cpu", disable_tqdm=False, **_precision(cfg, device))
+
+
+def correction_tag(cfg: DistillConfig) -> str:
+    """What a corrected teacher depends on beyond its weights and the token windows (for the cache key)."""
+    if not cfg.teacher_correction_steps:
+        return ""
+    return (f"+corrected(steps={cfg.teacher_correction_steps},lr={cfg.teacher_correction_lr or cfg.learning_rate},"
+            f"batch={cfg.batch_size}x{cfg.grad_accum},{cfg.lr_scheduler},warmup={cfg.warmup_steps},"
+            f"wd={cfg.weight_decay},mp={cfg.mixed_precision},seed={cfg.seed})")
+
+
+def correct_teacher(teacher, ids: torch.Tensor, cfg: DistillConfig, device):
+    """Teacher correction (Sreenivas et al., 2024, arXiv:2408.11796): fine-tune the teacher with
+    cross-entropy on the distillation windows before it teaches, in float32 (AdamW on bf16
+    weights loses small updates), then back to its dtype, frozen. Same Trainer as the student.
+    Returns the corrected teacher and what to note."""
+    import shutil
+    import tempfile
+
+    from .trainer import DistillTrainer, TokenWindows, collate
+
+    dtype = next(teacher.parameters()).dtype
+    teacher.float().train().requires_grad_(True)
+    lr = cfg.teacher_correction_lr or cfg.learning_rate
+    logger.info("teacher correction: %d steps of cross-entropy on the training text (lr %g)",
+                cfg.teacher_correction_steps, lr)
+    out_dir = tempfile.mkdtemp(prefix="llmcompress-teacher-")
+    try:
+        trainer = DistillTrainer(model=teacher, args=_training_args(cfg, device, out_dir, max_steps=cfg.teacher_correction_steps,
+                                                                    learning_rate=lr),
+                                 train_dataset=TokenWindows(ids), data_collator=collate, alpha=1.0,
+                                 chunk_size=cfg.chunk_size)
+        t0 = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    teacher = trainer.accelerator.unwrap_model(teacher, keep_fp32_wrapper=False)
+    teacher.to(dtype).eval().requires_grad_(False)
+    return teacher, {"steps": trainer.state.global_step, "learning_rate": lr, "train_loss": result.training_loss,
+                     "seconds": round(seconds, 1)}
+
+
 @register_method("distill", DistillConfig)
 def apply_distill(model, cfg: DistillConfig, ctx):
     """Train ``model`` (the student) on the teacher's distribution; returns the trained model."""
     import shutil
     import tempfile
 
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from .cache import TopKCache, build_cache, cache_key
     from .trainer import DistillTrainer, TokenWindows, collate
@@ -246,6 +328,7 @@ def apply_distill(model, cfg: DistillConfig, ctx):
              "samples": len(ids), "seq_len": ids.shape[1], "data": ctx.notes.get("calibration_source", "calibration text"),
              "loss": cfg.loss, "temperature": cfg.temperature,
              "alpha": cfg.alpha, "top_k": cfg.top_k, **({"hidden_weight": cfg.hidden_weight} if pairs else {})}
+    tag = correction_tag(cfg)
 
     cache = None
     if cfg.alpha == 1 and not cfg.hidden_weight:
@@ -254,19 +337,26 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         del teacher
         teacher = None
     elif cfg.top_k:
-        folder = Path(cfg.cache_dir or cache_dir() / "distill" / cache_key(teacher_src.base_model, ids, cfg.top_k,
+        folder = Path(cfg.cache_dir or cache_dir() / "distill" / cache_key(teacher_src.base_model + tag, ids, cfg.top_k,
                                                                             cfg.temperature, teacher_dtype))
         with main_process_first():  # several processes: the main one builds, the others read
             if not (folder / "index.json").exists():
+                if cfg.teacher_correction_steps:  # one process only (check_launch)
+                    teacher, notes["teacher_correction"] = correct_teacher(teacher, ids, cfg, device)
                 logger.info("building the teacher's top-%d logit cache in %s", cfg.top_k, folder)
                 t0 = time.perf_counter()
                 build_cache(teacher, ids, folder, cfg.top_k, temperature=cfg.temperature,
-                            teacher_name=teacher_src.base_model, device=device)
+                            teacher_name=teacher_src.base_model + tag, device=device)
                 notes["cache_seconds"] = round(time.perf_counter() - t0, 1)
+            elif cfg.teacher_correction_steps:
+                notes["teacher_correction"] = {"steps": cfg.teacher_correction_steps, "cached": True}
         cache = TopKCache(folder)
         if len(cache) != len(ids) or not torch.equal(cache.input_ids(), ids.long()):
             raise ConfigError(f"the logit cache in {folder} was built from other token windows: delete it or "
                               "point cache_dir elsewhere", "cache_dir")
+        if cache.teacher and cache.teacher != teacher_src.base_model + tag:
+            raise ConfigError(f"the logit cache in {folder} holds the logits of teacher '{cache.teacher}', this stage's "
+                              f"is '{teacher_src.base_model + tag}': delete it or point cache_dir elsewhere", "cache_dir")
         if cache.k != cfg.top_k or cache.temperature != cfg.temperature:
             raise ConfigError(f"the logit cache in {folder} holds top-{cache.k} at temperature {cache.temperature}, "
                               f"this stage asks for top-{cfg.top_k} at {cfg.temperature}: delete it or point cache_dir "
@@ -276,6 +366,8 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         teacher = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    elif cfg.teacher_correction_steps:
+        teacher, notes["teacher_correction"] = correct_teacher(teacher, ids, cfg, device)
 
     set_seed(cfg.seed)
     student = model
@@ -295,15 +387,8 @@ def apply_distill(model, cfg: DistillConfig, ctx):
     # is removed after training so that runs do not leave empty folders behind.
     scratch = not cfg.checkpoint_dir
     out_dir = cfg.checkpoint_dir or tempfile.mkdtemp(prefix="llmcompress-distill-")
-    checkpointing = _checkpointing_arg()
-    args = TrainingArguments(
-        output_dir=out_dir, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        **{checkpointing: cfg.gradient_checkpointing}, logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=2,
-        seed=cfg.seed, data_seed=cfg.seed, report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=device.type == "cpu", disable_tqdm=False, **_precision(cfg, device))
+    args = _training_args(cfg, device, out_dir, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+                          save_steps=cfg.save_steps)
     trainer = DistillTrainer(model=student, args=args, train_dataset=TokenWindows(ids), data_collator=collate,
                              teacher=teacher, cache=cache, loss=cfg.loss, temperature=cfg.temperature, beta=cfg.beta,
                              alpha=cfg.alpha, chunk_size=cfg.chunk_size, hidden_weight=cfg.hidden_weight,

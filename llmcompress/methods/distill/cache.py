@@ -103,6 +103,11 @@ class TopKCache:
     def temperature(self) -> float:
         return self.index["temperature"]
 
+    @property
+    def teacher(self) -> str:
+        """The teacher's name, with its correction's settings when it was corrected first."""
+        return self.index.get("teacher", "")
+
     def _shard(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
         for sh in self.index["shards"]:
             if sh["start"] <= i < sh["start"] + sh["count"]:
