@@ -194,7 +194,7 @@ def render(args, results: dict, mem: dict) -> None:
     corrections = [r["teacher_correction"] for r in results.values() if r.get("teacher_correction", {}).get("seconds")]
     correction_s = "".join(
         f" Teacher correction (Minitron): the teacher trained {c['steps']} steps with cross-entropy on the same "
-        f"windows in the same order (lr {c['learning_rate']:g}, float32) before its cache was built, in "
+        f"windows in the same order (lr {c['learning_rate']:g}, float32 weights, the students' mixed precision) before its cache was built, in "
         f"{c['seconds']:.0f} s, final training loss {c['train_loss']:.3f}." for c in corrections[:1])
     if args.teacher:
         student_row = results["student, untrained"]
