@@ -85,22 +85,20 @@ REPO_PLACEHOLDER = "PATH_OR_REPO_ID"
 
 
 def _distill_section(d: dict) -> list[str]:
-    lines = ["", "## Distillation", "",
-             f"Student trained on the next-token distribution of `{d['teacher']}` "
-             f"({d['teacher_parameters']:,} parameters; the student has {d['student_parameters']:,}).", "",
-             "| | |", "|---|---|",
-             f"| loss | {d['loss']} (temperature {d['temperature']}, cross-entropy weight {d['alpha']}) |",
-             f"| teacher signal | {'top-' + str(d['top_k']) + ' logit cache' if d['top_k'] else 'full logits, online'}"
-             f"{', teacher in ' + d['teacher_dtype'] if d.get('teacher_dtype') else ''} |",
-             f"| training data | {d['samples']} windows of {d['seq_len']} tokens ({d.get('data', 'calibration text')}) |",
-             f"| steps | {d['steps']} |", f"| tokens seen | {d['tokens']:,} |",
-             f"| final training loss | {d['train_loss']:.4f} |"]
-    tc = d.get("teacher_correction")
-    if tc:  # Minitron's teacher correction: the teacher fine-tuned on the same text first
-        lines.insert(-3, f"| teacher correction | {tc['steps']} steps of cross-entropy on the training data before "
-                         "distilling" + (" (logits read from the corrected teacher's cache)" if tc.get("cached") else
-                                         f" (lr {tc['learning_rate']:g}, final loss {tc['train_loss']:.4f})") + " |")
-    return lines
+    tc = d.get("teacher_correction")  # Minitron's teacher correction: the teacher fine-tuned on the same text first
+    correction = [f"| teacher correction | {tc['steps']} steps of cross-entropy on the training data before distilling" +
+                  (" (logits read from the corrected teacher's cache)" if tc.get("cached") else
+                   f" (lr {tc['learning_rate']:g}, final loss {tc['train_loss']:.4f})") + " |"] if tc else []
+    return ["", "## Distillation", "",
+            f"Student trained on the next-token distribution of `{d['teacher']}` "
+            f"({d['teacher_parameters']:,} parameters; the student has {d['student_parameters']:,}).", "",
+            "| | |", "|---|---|",
+            f"| loss | {d['loss']} (temperature {d['temperature']}, cross-entropy weight {d['alpha']}) |",
+            f"| teacher signal | {'top-' + str(d['top_k']) + ' logit cache' if d['top_k'] else 'full logits, online'}"
+            f"{', teacher in ' + d['teacher_dtype'] if d.get('teacher_dtype') else ''} |",
+            f"| training data | {d['samples']} windows of {d['seq_len']} tokens ({d.get('data', 'calibration text')}) |",
+            *correction, f"| steps | {d['steps']} |", f"| tokens seen | {d['tokens']:,} |",
+            f"| final training loss | {d['train_loss']:.4f} |"]
 
 
 def model_card(recipe, source, columns: list[Measurement] | None, weights_format: str, notes: dict | None = None) -> str:

@@ -119,15 +119,14 @@ def main():
         corrected = "-corrected" if kw.get("teacher_correction_steps") else ""
         return dict(top_k=args.top_k, cache_dir=str(work / f"cache-T{kw.get('temperature', 1.0)}{corrected}"))
 
-    def resolved(kw):
+    variants = []
+    for key, (label, kw) in VARIANTS.items():
+        if key not in args.variants.split(","):
+            continue
         kw = dict(kw)
         if kw.pop("correct", False):
             kw["teacher_correction_steps"] = args.correction_steps or args.steps
-        return kw
-
-    variants = [(label, {**kw, **(cached(kw) if kw.get("top_k", 1) else {})})
-                for key, (label, kw) in ((k, (lab, resolved(kw))) for k, (lab, kw) in VARIANTS.items())
-                if key in args.variants.split(",")]
+        variants.append((label, {**kw, **(cached(kw) if kw.get("top_k", 1) else {})}))
     for label, kw in variants:
         print(f"[{args.model}] {label} ...", flush=True)
         student = copy.deepcopy(pruned)

@@ -125,9 +125,8 @@ class DistillConfig(MethodConfig):
     def check_launch(self, sharding: str | None) -> None:
         if self.teacher_correction_steps and world_size() > 1:
             raise ConfigError("teacher correction runs in one process (each launched process would train its own "
-                              "teacher): correct the teacher in a one-process run of a distill stage with alpha 1 "
-                              "on the teacher itself and pass its output as 'teacher', or set "
-                              "teacher_correction_steps: 0", "teacher_correction_steps")
+                              "teacher): run this stage without a launcher, or set teacher_correction_steps: 0",
+                              "teacher_correction_steps")
         if sharding and (self.lora_r or self.qlora):
             raise ConfigError(f"LoRA / QLoRA students are not supported under {sharding} (peft adapters on a sharded, "
                               "partly frozen model): launch data-parallel (`accelerate launch --multi_gpu`), "
@@ -328,7 +327,8 @@ def apply_distill(model, cfg: DistillConfig, ctx):
              "samples": len(ids), "seq_len": ids.shape[1], "data": ctx.notes.get("calibration_source", "calibration text"),
              "loss": cfg.loss, "temperature": cfg.temperature,
              "alpha": cfg.alpha, "top_k": cfg.top_k, **({"hidden_weight": cfg.hidden_weight} if pairs else {})}
-    tag = correction_tag(cfg)
+    # a corrected teacher is another teacher: its cache is keyed and named apart
+    teacher_name = teacher_src.base_model + correction_tag(cfg)
 
     cache = None
     if cfg.alpha == 1 and not cfg.hidden_weight:
@@ -337,7 +337,7 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         del teacher
         teacher = None
     elif cfg.top_k:
-        folder = Path(cfg.cache_dir or cache_dir() / "distill" / cache_key(teacher_src.base_model + tag, ids, cfg.top_k,
+        folder = Path(cfg.cache_dir or cache_dir() / "distill" / cache_key(teacher_name, ids, cfg.top_k,
                                                                             cfg.temperature, teacher_dtype))
         with main_process_first():  # several processes: the main one builds, the others read
             if not (folder / "index.json").exists():
@@ -346,7 +346,7 @@ def apply_distill(model, cfg: DistillConfig, ctx):
                 logger.info("building the teacher's top-%d logit cache in %s", cfg.top_k, folder)
                 t0 = time.perf_counter()
                 build_cache(teacher, ids, folder, cfg.top_k, temperature=cfg.temperature,
-                            teacher_name=teacher_src.base_model + tag, device=device)
+                            teacher_name=teacher_name, device=device)
                 notes["cache_seconds"] = round(time.perf_counter() - t0, 1)
             elif cfg.teacher_correction_steps:
                 notes["teacher_correction"] = {"steps": cfg.teacher_correction_steps, "cached": True}
@@ -354,9 +354,9 @@ def apply_distill(model, cfg: DistillConfig, ctx):
         if len(cache) != len(ids) or not torch.equal(cache.input_ids(), ids.long()):
             raise ConfigError(f"the logit cache in {folder} was built from other token windows: delete it or "
                               "point cache_dir elsewhere", "cache_dir")
-        if cache.teacher and cache.teacher != teacher_src.base_model + tag:
+        if cache.teacher and cache.teacher != teacher_name:
             raise ConfigError(f"the logit cache in {folder} holds the logits of teacher '{cache.teacher}', this stage's "
-                              f"is '{teacher_src.base_model + tag}': delete it or point cache_dir elsewhere", "cache_dir")
+                              f"is '{teacher_name}': delete it or point cache_dir elsewhere", "cache_dir")
         if cache.k != cfg.top_k or cache.temperature != cfg.temperature:
             raise ConfigError(f"the logit cache in {folder} holds top-{cache.k} at temperature {cache.temperature}, "
                               f"this stage asks for top-{cfg.top_k} at {cfg.temperature}: delete it or point cache_dir "
