@@ -125,7 +125,7 @@ def render(args, res):
         f"{args.eval_tokens} tokens of `wiki_eval` and `python_docs`, in brackets the increase over the "
         "original; quantized in memory from the same weights (time in seconds, model load excluded). "
         "Scales stay float32 in memory; a saved asymmetric output goes to the GPTQ v1 format (compressed-tensors' "
-        "asymmetric pack-quantized checkpoints do not load in transformers 5.17-5.24), which stores float16 "
+        "asymmetric pack-quantized checkpoints do not load in transformers 5.17-5.25), which stores float16 "
         "scales; on 8192 tokens that made no difference beyond run-to-run noise (`bench:gptq_asym`).\n\n"
         "| variant | ppl wiki_eval | ppl python_docs | bits / weight | quantize (s) |\n|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n")

@@ -1,6 +1,6 @@
 """Perplexity in an anchor's own process, for outputs that cannot be reloaded where the bench
 runs (asymmetric int4: compressed-tensors' pack-quantized zero points do not load in
-transformers 5.17-5.24, and GPTQ v1 needs gptqmodel). Needs torch only, so it runs in every
+transformers 5.17-5.25, and GPTQ v1 needs gptqmodel). Needs torch only, so it runs in every
 anchor environment; the formula is ``llmcompress.evaluate.perplexity``'s: the summed next-token
 cross-entropy over every window, divided by the tokens scored."""
 

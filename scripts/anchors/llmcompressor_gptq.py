@@ -4,7 +4,7 @@ transformers<=5.17). Used by bench_gptq.py as the anchor; prints one JSON line.
 Usage: python llmcompressor_gptq.py MODEL_DIR IDS.pt GROUP_SIZE OUT_DIR [--asym] [--eval WINDOWS.pt]
 
 ``--asym``: a zero point per group (its asymmetric pack-quantized output does not load in
-transformers 5.17-5.24). ``--eval``: perplexity of the in-memory quantized model on
+transformers 5.17-5.25). ``--eval``: perplexity of the in-memory quantized model on
 ``{text: windows}``, measured before saving (saving compresses the model); peak memory covers
 quantizing and saving, not the evaluation.
 """

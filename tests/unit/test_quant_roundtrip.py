@@ -34,6 +34,20 @@ def test_rtn_save_reload_fresh_process(tiny_model_dir, tmp_path, cfg):
     assert "- rtn" in card and "pip install transformers compressed-tensors" in card
 
 
+def test_asymmetric_pack_quantized_still_does_not_load(tiny_model_dir, tmp_path, monkeypatch):
+    """The reason `sym: false` is refused for compressed-tensors output (WeightQuantConfig.check_recipe):
+    transformers rejects the zero points' shape on load. When this test fails, the installed
+    transformers / compressed-tensors load them: lift the refusal for those versions."""
+    from llmcompress.methods.quant.config import WeightQuantConfig
+    from llmcompress.verify import VerificationError
+
+    monkeypatch.setattr(WeightQuantConfig, "check_recipe", lambda self, recipe: None)
+    recipe = Recipe(stages=[RTNConfig(bits=4, group_size=128, sym=False)], name="t")
+    with pytest.raises(VerificationError, match="does not load with plain from_pretrained"):
+        compress(str(tiny_model_dir), recipe, tmp_path / "q", evaluation=False, verify=True)
+    assert not (tmp_path / "q").exists()  # nothing half-written
+
+
 def test_int4_weights_are_smaller_on_disk(tiny_model_dir, tmp_path):
     from llmcompress.export import directory_size
 

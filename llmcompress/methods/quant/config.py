@@ -51,7 +51,7 @@ class WeightQuantConfig(MethodConfig):
         if asym and recipe.output.format == "compressed-tensors":
             raise ConfigError(
                 "asymmetric weights (sym: false) written as compressed-tensors pack-quantized do not load "
-                "in transformers 5.17-5.24 (weight_zero_point shape mismatch); use sym: true, or "
+                "in transformers 5.17-5.25 (weight_zero_point shape mismatch); use sym: true, or "
                 "output: {format: gptq}", "sym")
 
     @property
