@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -97,6 +98,11 @@ def cpu_model() -> str:
 def machine() -> str:
     return (f"{platform.machine()} CPU ({cpu_model()}), {os.cpu_count()} cores, torch {torch.__version__}, "
             f"Python {platform.python_version()}")
+
+
+def invocation(script: str) -> str:
+    """The command line that ran ``script`` (``python scripts/NAME.py ARGS``), for a table's header."""
+    return f"python scripts/{script}" + (" " + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else "")
 
 
 def write_section(name: str, markdown: str) -> None:

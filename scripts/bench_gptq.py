@@ -23,7 +23,7 @@ import shutil
 
 import torch
 
-from _bench import ROOT, evaluate_dir, machine, nf4_ppl, python_of, run_child, this_python, work_dir, write_section
+from _bench import ROOT, evaluate_dir, invocation, machine, nf4_ppl, python_of, run_child, this_python, work_dir, write_section
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
 from llmcompress.export import directory_size
@@ -115,14 +115,9 @@ def main():
             "llm-compressor's in-memory model does)") if args.asym else "symmetric int4"
     gs = ", ".join(f"{m}: {groups[m]}" for m in args.models)
     calib = f"`{args.calibration}`" + (" (a blend: half the windows from each text)" if "+" in args.calibration else "")
-    flags = "".join([" --asym" if args.asym else "", f" --models {' '.join(args.models)}" if args.models != DEFAULT_MODELS else "",
-                     f" --samples {' '.join(map(str, args.samples))}" if args.samples != DEFAULT_SAMPLES else "",
-                     f" --eval-tokens {args.eval_tokens}" if args.eval_tokens != 2048 else "", f" --groups {' '.join(str(groups[m]) for m in args.models)}" if args.groups else "",
-                     f" --calibration {args.calibration}" if args.calibration != "wiki_calib" else "",
-                     f" --gptaq {' '.join(f'{a:g}' for a in args.gptaq)}" if args.gptaq else ""])
     header = (
         f"## GPTQ int4 (W4A16{', asymmetric' if args.asym else ''}) against RTN, llm-compressor and bitsandbytes nf4\n\n"
-        f"`python scripts/bench_gptq.py{flags}` (one run; {machine()}). Calibration: random 512-token windows of "
+        f"`{invocation('bench_gptq.py')}` (one run; {machine()}). Calibration: random 512-token windows of "
         f"{calib}, seed 0, the same token ids for both GPTQ implementations "
         f"({', '.join(f'{m}: {n} windows' for m, n in zip(args.models, args.samples))}); {grid}; group size "
         f"{gs}; act-order with static groups, dampening 0.01, block 128, lm_head kept. Perplexity on the first "

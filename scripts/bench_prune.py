@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import shlex
 import shutil
-import sys
 
 import torch
 
-from _bench import ROOT, evaluate_dir, machine, ppl_by_text, python_of, run_child, this_python, work_dir, write_section
+from _bench import ROOT, evaluate_dir, invocation, machine, ppl_by_text, python_of, run_child, this_python, work_dir, write_section
 from llmcompress import models
 from llmcompress.calibration import resolve_calibration_dtype
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
@@ -202,7 +200,7 @@ def main():
     table = (
         "## Pruning: magnitude, Wanda, SparseGPT, 2:4 and structured, beside llm-compressor"
         + (f" ({', '.join(args.models)})" if args.section != "prune" else "") + "\n\n"
-        f"`python scripts/bench_prune.py{' ' + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else ''}` (one run; "
+        f"`{invocation('bench_prune.py')}` (one run; "
         f"{machine()}). All Linear layers but lm_head. Calibration "
         f"for the calibrated methods: random {args.seq_len}-token windows of the built-in `wiki_calib` text, "
         f"seed{'s ' + ', '.join(map(str, args.seeds)) if len(args.seeds) > 1 else ' ' + str(args.seeds[0])}"

@@ -1,0 +1,75 @@
+"""Where GPTQ's CPU time goes: cProfile of one ``compress()`` on the model's own calibration,
+then the Hessian's Gram product timed alone in each precision it could use.
+
+Usage: python scripts/profile_gptq.py [--model qwen2.5-coder-0.5b] [--samples 64] [--gptaq 0]
+
+Prints, does not write BENCHMARKS.md: the numbers go into the GPTQ summary by hand, beside the
+table (`bench:gptq*`) whose time ratio they explain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+from _bench import machine
+from llmcompress import Recipe, compress
+from llmcompress.data import CalibrationConfig
+from llmcompress.methods.gptq import GPTQConfig
+from llmcompress.methods.gptq.gptq import _add_gram, _bf16_cpu_matmul
+from llmcompress.models import resolve
+
+
+def timed(fn, repeats: int = 3) -> float:
+    fn()  # warm-up: first-call allocation and kernel selection
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def gram_timings(cols: int = 4864, tokens: int = 8192) -> None:
+    """The Gram product of bf16 activations ``[cols, tokens]`` (Qwen2.5-0.5B's down_proj width)."""
+    xt = torch.randn(cols, tokens).bfloat16()
+    xf = xt.float()
+    H = torch.zeros(cols, cols)
+    rows = [("float32, MKL", lambda: torch.mm(xf, xf.t()))]
+    with _bf16_cpu_matmul():  # the path _accumulate takes for bf16 activations on CPU
+        rows += [("float32 on bf16 kernels", lambda: torch.mm(xf, xf.t())),
+                 ("float32 on bf16 kernels, symmetric blocks (_add_gram)", lambda: _add_gram(H, xf, 1.0))]
+        times = [(name, timed(fn)) for name, fn in rows]
+    times.append(("bf16 output (rounds every entry)", timed(lambda: torch.mm(xt, xt.t()))))
+    for name, seconds in times:
+        print(f"  {name}: {seconds:.3f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--calibration", default="wiki_calib+python_code")
+    ap.add_argument("--gptaq", type=float, default=0.0, help="gptaq_alpha (0: plain GPTQ)")
+    ap.add_argument("--top", type=int, default=25, help="profile rows to print")
+    args = ap.parse_args()
+    print(machine())
+    recipe = Recipe(stages=[GPTQConfig(bits=4, group_size=args.group, act_order=True, damp=0.01, observer="mse",
+                                       gptaq_alpha=args.gptaq)], name="profile")
+    calibration = CalibrationConfig(source=args.calibration, num_samples=args.samples, seq_len=512, seed=0)
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    compress(str(resolve(args.model).path), recipe, None, calibration=calibration, evaluation=False, verify=False)
+    profiler.disable()
+    print(f"compress() under cProfile: {time.perf_counter() - start:.1f} s")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
+    print("Gram product of a 4864 x 8192 bf16 input (mean of 3):")
+    gram_timings()
+
+
+if __name__ == "__main__":
+    main()
