@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from _bench import ROOT, machine, ppl_by_text, run_child, this_python, work_dir, write_section
+from _bench import ROOT, invocation, machine, ppl_by_text, run_child, this_python, work_dir, write_section
 from llmcompress import models
 from llmcompress.context import Context
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
@@ -206,12 +206,7 @@ def render(args, results: dict, mem: dict) -> None:
         setup = (f"Pruned with `prune_structured` (calibrated activation scores, 64 x 512 tokens), "
                  f"{results['dense']['params'] / 1e6:.1f}M -> {results['pruned']['params'] / 1e6:.1f}M parameters. "
                  "Every student starts from the same pruned weights; teacher: the unpruned model. ")
-    cmd = "python scripts/bench_distill.py" + (
-        f" --model {args.model}" + (f" --teacher {args.teacher}" if args.teacher else "") +
-        f" --mlp-ratio {args.mlp_ratio} --steps {args.steps} --batch {args.batch} --seq-len {args.seq_len} "
-        f"--samples {args.samples} --lr {args.lr} --top-k {args.top_k} --teacher-dtype {args.teacher_dtype} "
-        f"--variants {args.variants}" + (f" --correction-steps {args.correction_steps}" if args.correction_steps else "") +
-        f" --section {args.section}" + (" --skip-memory" if args.skip_memory else ""))
+    cmd = invocation("bench_distill.py")
     table = (
         title + f"`{cmd}` (one run; {machine()}). " + setup +
         f"Each student trains {args.steps} steps of {args.batch} x {args.seq_len} tokens ({args.steps * tps:,} "

@@ -15,7 +15,7 @@ import copy
 
 import torch
 
-from _bench import ROOT, machine, run_child, this_python, work_dir, write_section
+from _bench import ROOT, invocation, machine, run_child, this_python, work_dir, write_section
 
 OURS = r"""
 import json, sys, time, torch
@@ -80,8 +80,7 @@ def main():
     base = trl_tps["tokens"] / trl_tps["seconds"]
     lines = [
         "## Distillation throughput against TRL's GKDTrainer", "",
-        f"`python scripts/bench_distill_speed.py --model {args.model} --steps {args.steps} --batch {args.batch} "
-        f"--seq-len {args.seq_len}` (one run; {machine()}). Student: {args.model} with 25% of its MLP channels removed "
+        f"`{invocation('bench_distill_speed.py')}` (one run; {machine()}). Student: {args.model} with 25% of its MLP channels removed "
         "(calibrated activation scores); teacher: the unpruned model, float32. Each trainer in its own process: "
         f"{args.steps} steps of {args.batch} x {args.seq_len} tokens, generalized JSD (beta 0.5) on every token, "
         "off-policy (TRL: lmbda 0, no generation), AdamW lr 1e-4 cosine, bf16 autocast. Training time only (the "

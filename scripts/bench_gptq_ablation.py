@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from _bench import machine, nf4_ppl, ppl_by_text, write_section
+from _bench import invocation, machine, nf4_ppl, ppl_by_text, write_section
 from llmcompress import models
 from llmcompress.calibration import resolve_calibration_dtype
 from llmcompress.context import Context
@@ -113,9 +113,7 @@ def render(args, res):
         rows.append(f"| {label} | {cells[0]} | {cells[1]} | {bits} | {secs} |")
     table = (
         f"## GPTQ settings one at a time ({args.model})\n\n"
-        f"`python scripts/bench_gptq_ablation.py --model {args.model} --samples {args.samples} --group {args.group} "
-        f"--eval-tokens {args.eval_tokens}" + (f' --only "{args.only}"' if args.only else "") + "` "
-        f"(one run; {machine()}). Base: symmetric int4, group {args.group}, act-order with static groups, MSE "
+        f"`{invocation('bench_gptq_ablation.py')}` (one run; {machine()}). Base: symmetric int4, group {args.group}, act-order with static groups, MSE "
         f"clipping search, dampening 0.01, true-sequential, {BASE_DTYPE} calibration forwards (the default `fast` on this CPU; float32 Hessian "
         f"products), plain GPTQ (no GPTAQ), {args.samples} "
         "random 512-token windows of `wiki_calib` (seed 0); each GPTQ row changes what its name says "

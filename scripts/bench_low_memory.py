@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from _bench import machine, run_child, this_python, work_dir, write_section
+from _bench import invocation, machine, run_child, this_python, work_dir, write_section
 
 GROUP = {"smollm2-135m": 64}  # SmolLM2's width 576 needs 64; the others take 128
 
@@ -77,7 +77,7 @@ def main():
         rows.append((model, group, checkpoint_mb(model), res, same))
     lines = [
         "## GPTQ on a model larger than memory: low_memory against the whole model in memory", "",
-        f"`python scripts/bench_low_memory.py --models {args.models} --samples {args.samples}` (one run; {machine()}). "
+        f"`{invocation('bench_low_memory.py')}` (one run; {machine()}). "
         f"GPTQ int4, act-order, {args.samples} x 512 calibration tokens of `wiki_calib`, every other setting the "
         "default; each run in its own process, peak RSS = its VmHWM (model load included). `low_memory` builds the "
         "model on the meta device and reads, quantizes, writes and frees one decoder layer at a time; 'same tensors': "

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from _bench import machine, write_section
+from _bench import invocation, machine, write_section
 import llmcompress.methods.wanda as wanda
 from llmcompress import models
 from llmcompress.context import Context
@@ -99,8 +99,7 @@ def render(args, alloc, rows, starts) -> None:
                   f"{r['shown'][i]['nll']:.2f}; " + " / ".join(f"{v:.0f}" for v in r["shown"][i]["pos0"])
                   for i in args.windows) + " |" for r in rows) + "\n")
     md = (f"## OWL Wanda on {args.model}: the draws, and the first-position activation\n\n"
-          f"`python scripts/diagnose_owl_sink.py --model {args.model} --layer {args.layer} --seed {args.seed} "
-          f"--sweep {' '.join(f'{v:g}' for v in args.sweep)}` (one run; {machine()}). OWL's per-layer sparsity "
+          f"`{invocation('diagnose_owl_sink.py')}` (one run; {machine()}). OWL's per-layer sparsity "
           f"(Wanda scores, M=10, lambda=0.08, mean 50%) from each calibration draw (32 x 512 tokens of "
           f"`wiki_calib`, the draws of `bench_prune.py --seeds`):\n\n" + table1 +
           f"\nWanda at 50% in every layer but layer {args.layer}, which takes the sparsity in the first column, on "

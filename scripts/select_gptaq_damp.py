@@ -17,12 +17,10 @@ Usage: python scripts/select_gptaq_damp.py [--models smollm2-135m qwen2.5-coder-
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 import torch
 
-from _bench import ROOT, machine, run_child, this_python, work_dir, write_section
+from _bench import ROOT, invocation, machine, run_child, this_python, work_dir, write_section
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows, tokenize_source
 
@@ -77,7 +75,7 @@ def run_selection(models_: list[str], runs: list[tuple[str, list[str]]], work) -
 
 def selection_table(title: str, script: str, setting: str, models_: list[str], rows: list[str]) -> str:
     """The markdown of one selection run: the command, the setting, the calibration and the rows."""
-    cmd = shlex.join(["python", f"scripts/{script}", *sys.argv[1:]])
+    cmd = invocation(script)
     return (f"## {title} ({', '.join(models_)})\n\n`{cmd}` (one run; {machine()}). {setting}, calibration as in "
             "`bench_gptq.py` (random 512-token windows of `wiki_calib`, seed 0; "
             + ", ".join(f"{m}: {SAMPLES[m]} windows, group {GROUP[m]}" for m in models_)

@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import shutil
-import sys
 
 import torch
 
-from _bench import ROOT, evaluate_dir, machine, ppl_by_text, run_child, this_python, work_dir, write_section
+from _bench import ROOT, evaluate_dir, invocation, machine, ppl_by_text, run_child, this_python, work_dir, write_section
 from select_gptaq_damp import unused_windows
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
@@ -106,7 +104,7 @@ def main():
                 t = seconds.get((alias, method, *(owl or (None, None))))
                 rows.append(f"| {alias} | {method} {args.sparsity:.0%}, {label} | {p[TEXTS[0]]:.2f} | {p[TEXTS[1]]:.2f} | "
                             f"{sc} | {'-' if t is None else f'{t:.0f}'} |")
-    cmd = shlex.join(["python", "scripts/select_owl.py", *sys.argv[1:]])
+    cmd = invocation("select_owl.py")
     md = (f"## OWL settings, chosen on selection text ({', '.join(args.models)})\n\n`{cmd}` (one run; {machine()}). "
           f"Magnitude pruning (`prune`, `scope: owl`: outliers of |w|) and Wanda (`allocation: owl`: outliers of "
           f"Wanda's |w| ||x|| on the unpruned model) at {args.sparsity:.0%} mean sparsity, each decoder layer's sparsity "

@@ -31,14 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
-from _bench import ROOT, evaluate_dir, machine, ppl_by_text, run_child, this_python, work_dir, write_section
+from _bench import ROOT, evaluate_dir, invocation, machine, ppl_by_text, run_child, this_python, work_dir, write_section
 from select_gptaq_damp import unused_windows
 from llmcompress import models
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
@@ -138,7 +136,7 @@ def report(args, results: dict) -> str:
                 secs = sum(results[key(alias, method, s, w)]["prune_s"] for s in seeds) / len(seeds)
                 rows.append(f"| {alias} | {method} {shape}, first token {label} | {', '.join(map(str, seeds))} | "
                             f"{mean[TEXTS[0]]:.2f} | {mean[TEXTS[1]]:.2f} | {model_score(alias, method, w):+.4f} | {secs:.0f} |")
-    cmd = shlex.join(["python", "scripts/select_sink.py", *sys.argv[1:]])
+    cmd = invocation("select_sink.py")
     # where the rows ran (a report-only call runs nothing); entries from before machines were recorded say so
     ran_on = sorted({results[key(a, m, s, w)].get("machine", "a machine not recorded")
                      for (a, m), seeds in draws.items() for s in seeds for w in weights_of[(a, m)]})
