@@ -71,6 +71,51 @@ def test_zeros_and_dead_columns_stay_zero():
     assert (res.weight[:, 7] == 0).all()
 
 
+
+@pytest.mark.parametrize("args", [QuantArgs(4, 64, True), QuantArgs(4, 64, False)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_refit_scales_keeps_codes_and_lowers_the_objective(args, act_order):
+    W, X, H = layer_problem()
+    W[W.abs() < 0.3] = 0  # pruned weights must stay zero through the refit
+    base = gptq_quantize(W, H, args, act_order=act_order, dtype=torch.bfloat16)
+    res = gptq_quantize(W, H, args, act_order=act_order, dtype=torch.bfloat16, refit=True)
+    base_codes = QuantRecord(args, base.scale, base.zero, "gptq").codes(base.weight)
+    codes = QuantRecord(args, res.scale, res.zero, "gptq").codes(res.weight)  # raises if off the new grid
+    assert torch.equal(codes, base_codes)
+    assert res.weight.dtype == res.scale.dtype == torch.bfloat16
+    assert not torch.equal(res.scale, base.scale)
+    assert (res.weight[W == 0] == 0).all()
+    Hd = H + 0.01 * torch.diag(H).mean() * torch.eye(H.shape[0])
+    def objective(Q):
+        return G._objective(W, Q.float(), Hd)
+    assert objective(res.weight) < 0.995 * objective(base.weight)
+    assert res.loss < base.loss
+
+
+def test_refit_scales_is_the_per_row_least_squares_optimum():
+    """Against a direct least-squares solve in float64, row by row; a group left with no nonzero
+    code (row 0's first) has no say in the objective and keeps its scale."""
+    W, X, H = layer_problem(rows=8, cols=128)
+    args = QuantArgs(4, 64, True)
+    res = gptq_quantize(W, H, args)
+    Q, scale = res.weight.float(), res.scale.float()
+    C = (Q / scale.repeat_interleave(64, dim=1)).round()
+    C[0, :64] = 0  # row 0: group 0 has no codes left
+    Q = C * scale.repeat_interleave(64, dim=1)
+    Hd = H + 0.01 * torch.diag(H).mean() * torch.eye(128)
+    Q1, s1, refit, ratio = G.refit_scales(W, Hd, Q, scale, 64, torch.float32)
+    torch.testing.assert_close(torch.tensor(ratio), G._objective(W, Q1, Hd) / G._objective(W, Q, Hd))
+    assert refit.all()
+    assert s1[0, 0] == scale[0, 0]
+    for r in range(1, 8):
+        B = torch.zeros(128, 2, dtype=torch.float64)  # dequantized row = B @ s
+        B[:64, 0], B[64:, 1] = C[r, :64], C[r, 64:]
+        Hr = Hd.double()
+        s = torch.linalg.solve(B.T @ Hr @ B, B.T @ Hr @ W[r].double())
+        torch.testing.assert_close(s1[r].double(), s, rtol=1e-4, atol=0)
+        torch.testing.assert_close(Q1[r].double(), B @ s1[r].double())
+
+
 def test_cholesky_failure_names_layer():
     H = -torch.eye(64)
     with pytest.raises(HessianError, match="layer 'model.layers.3.mlp.down_proj'"):
@@ -94,7 +139,8 @@ def gptq_recipe(**kw):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(act_order=False, true_sequential=False),
-                                dict(calibration_dtype="bfloat16", observer="mse"), dict(gptaq_alpha=0.5)])
+                                dict(calibration_dtype="bfloat16", observer="mse"), dict(gptaq_alpha=0.5),
+                                dict(gptaq_alpha=0.5, refit_scales=True)])
 def test_gptq_model_roundtrip(tiny_model_dir, tmp_path, kw):
     res = compress(str(tiny_model_dir), gptq_recipe(**kw), tmp_path / "q", evaluation=False, verify=False)
     assert len(quantized_modules(res.model)) == 14

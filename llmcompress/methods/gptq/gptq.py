@@ -328,6 +328,71 @@ def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_t
     return (*out, damp_used) if with_inverse else (out, damp_used)
 
 
+
+def refit_scales(W: torch.Tensor, H: torch.Tensor, Q: torch.Tensor, scale: torch.Tensor, g: int,
+                 scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Refit each row's group scales to GPTQ's objective, keeping its integer codes.
+
+    GPTQ chooses the codes with the scales fixed up front (from the weights alone, by the
+    observer); given the codes, the layer's output error ``(w - Q) H (w - Q)^T`` is a quadratic in
+    the row's scales, since each dequantized weight is ``scale_g * (q - zero_g)``: the best scales
+    solve a ``[groups x groups]`` linear system per row,
+    ``A s = b`` with ``A_gh = c_g^T H_gh c_h`` and ``b_g = c_g^T (H w)_g`` (``c`` the codes minus
+    the zero point). This is the scale step of alternating minimization between codes and
+    scales (as in Nagel et al., "Up or Down? Adaptive Rounding", 2020, which learns rounding for
+    fixed scales, and in the coordinate-descent refinement of quantization grids; here the codes
+    stay GPTQ's). Zero points stay as they are, and so do zero (pruned) weights (their code
+    minus zero point is 0).
+
+    Args:
+        W: the target weights ``[rows, cols]`` float32 (GPTAQ's shifted target when it applies).
+        H: the dampened Hessian ``[cols, cols]`` float32 of the column loop, in the same column order.
+        Q: GPTQ's dequantized weights ``[rows, cols]`` float32.
+        scale: ``[rows, groups]`` float32 holding values of ``scale_dtype``.
+        g: group size.
+        scale_dtype: the dtype scales are stored in (new scales are rounded to it).
+
+    Returns:
+        ``(Q, scale, refit, ratio)``: a row keeps its old scales (``refit`` False) unless the new,
+        rounded ones are positive, finite and lower its objective; ``ratio`` is the whole
+        weight's objective after the refit over before.
+    """
+    rows, cols = W.shape
+    n_groups = cols // g
+    C = Q / scale.repeat_interleave(g, dim=1)  # codes minus zero points, exact integers up to rounding
+    C.round_()
+    A = torch.zeros(rows, n_groups, n_groups, device=W.device)
+    for h in range(n_groups):  # A[:, :h+1, h] from group h's share of C H; A is symmetric
+        e = (h + 1) * g
+        T = C[:, h * g : e] @ H[h * g : e, :e]
+        A[:, : h + 1, h] = (C[:, :e] * T).view(rows, h + 1, g).sum(-1)
+    del T
+    A = A + torch.triu(A, 1).transpose(1, 2)
+    WH = W @ H
+    b = (C * WH).view(rows, n_groups, g).sum(-1)
+    const = (WH * W).sum(-1)  # w^T H w: the objective's constant, for the ratio
+    del WH
+    # Groups whose codes are all zero have no say in the objective: pin them to their old scale.
+    diag = torch.diagonal(A, dim1=1, dim2=2)
+    empty = diag <= 0
+    A = A + torch.diag_embed(torch.where(empty, torch.ones_like(diag), torch.zeros_like(diag)))
+    b = torch.where(empty, scale, b)
+    new, info = torch.linalg.solve_ex(A, b.unsqueeze(-1))
+    new = new.squeeze(-1).to(scale_dtype).float()
+
+    def objective(s):  # s^T A s - 2 b^T s: the row's output error up to a constant
+        return (s.unsqueeze(1) @ A @ s.unsqueeze(-1)).squeeze(-1).squeeze(-1) - 2 * (b * s).sum(-1)
+
+    ok = (info == 0) & torch.isfinite(new).all(-1) & (new > 0).all(-1)
+    before = objective(scale)
+    after = objective(torch.where(ok.unsqueeze(-1), new, scale))
+    ok &= after < before
+    scale = torch.where(ok.unsqueeze(-1), new, scale)
+    total = float((before + const).sum())
+    ratio = float((torch.where(ok, after, before) + const).sum()) / total if total > 0 else 1.0
+    return C * scale.repeat_interleave(g, dim=1), scale, ok, ratio
+
+
 @dataclass
 class GPTQResult:
     """Dequantized weights and the grid parameters, in the original column order."""
@@ -459,6 +524,7 @@ def gptq_quantize(
     alpha: float = 0.0,
     target_damp: float | None = None,
     WD: torch.Tensor | None = None,
+    refit: bool = False,
 ) -> GPTQResult:
     """Quantize one weight matrix with GPTQ.
 
@@ -482,6 +548,8 @@ def gptq_quantize(
         WD: instead of ``D``, the product ``W D`` (:func:`accumulate_gptaq`'s ``P``).
         target_damp: dampening of the shifted target's solve ``(H + lambda_t I)^-1`` (a ridge
             on the least-squares fit), if it should differ from ``damp`` (the column loop's).
+        refit: after the column loop, refit each row's group scales to the objective with the
+            codes fixed (:func:`refit_scales`).
 
     Zero weights (from pruning) stay zero. Columns whose inputs are always zero ("dead")
     are set to zero.
@@ -507,6 +575,7 @@ def gptq_quantize(
     W[:, dead] = 0
     keep_zero = W == 0
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    H_orig = H
     if perm is not None:
         H = H[perm][:, perm]
     # One factorization serves the column loop and, with GPTAQ, the shifted target (in the
@@ -531,7 +600,9 @@ def gptq_quantize(
         if not own_ridge:
             del H_inv
         W[keep_zero] = 0  # pruned and dead weights stay zero
-    del H
+    # The refit needs the target and the column loop's Hessian in the original column order.
+    refit_with = (W, H_orig) if refit else None
+    del H, H_orig
 
     scale = torch.empty(rows, n_groups, device=W.device)
     zero = None if args.sym else torch.empty(rows, n_groups, device=W.device)
@@ -613,4 +684,16 @@ def gptq_quantize(
     Q = Qt.t()
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
-    return GPTQResult(Q.to(dtype), scale.to(scale_dtype), zero, float(loss.sum()), damp_used)
+    loss = float(loss.sum())
+    if refit_with is not None:
+        target, H = refit_with
+        H = H + damp_used * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device)
+        Q, scale, _, ratio = refit_scales(target, H, Q, scale.to(scale_dtype).float(), g, scale_dtype)
+        loss *= ratio  # the loop's own sum of H-weighted errors, scaled by the objective's change
+    return GPTQResult(Q.to(dtype), scale.to(scale_dtype), zero, loss, damp_used)
+
+
+def _objective(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``tr((W - Q) H (W - Q)^T)``: the layer's squared output error on the calibration inputs."""
+    E = W - Q
+    return ((E @ H) * E).sum()
