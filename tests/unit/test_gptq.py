@@ -92,9 +92,11 @@ def test_refit_scales_keeps_codes_and_lowers_the_objective(args, act_order):
     assert res.loss < base.loss
 
 
-def test_refit_scales_is_the_per_row_least_squares_optimum():
+@pytest.mark.parametrize("chunk", [1 << 24, 300])  # all rows at once; 2 rows per block
+def test_refit_scales_is_the_per_row_least_squares_optimum(chunk, monkeypatch):
     """Against a direct least-squares solve in float64, row by row; a group left with no nonzero
     code (row 0's first) has no say in the objective and keeps its scale."""
+    monkeypatch.setattr(G, "REFIT_CHUNK", chunk)
     W, X, H = layer_problem(rows=8, cols=128)
     args = QuantArgs(4, 64, True)
     res = gptq_quantize(W, H, args)

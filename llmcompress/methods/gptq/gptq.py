@@ -20,6 +20,9 @@ the target ``W*`` in place of ``W`` and the same ``H`` (:func:`asymmetric_target
 the shift into the column loop instead; moving it up front keeps one column loop and kernel.) ``alpha`` blends the
 two objectives (``W + alpha W D H^-1``), as the paper's alpha does.
 
+After the column loop, :func:`refit_scales` solves for each row's group scales given its codes
+(the scale half of alternating between codes and scales; GPTQ itself fixes the scales first).
+
 Rows are independent given ``H``: weights that read the same input (q/k/v, gate/up) are
 quantized in one call by stacking their rows, which gives the same result as separate
 calls and cuts the per-column Python overhead.
@@ -328,9 +331,8 @@ def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_t
     return (*out, damp_used) if with_inverse else (out, damp_used)
 
 
-
 def refit_scales(W: torch.Tensor, H: torch.Tensor, Q: torch.Tensor, scale: torch.Tensor, g: int,
-                 scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Refit each row's group scales to GPTQ's objective, keeping its integer codes.
 
     GPTQ chooses the codes with the scales fixed up front (from the weights alone, by the
@@ -338,11 +340,10 @@ def refit_scales(W: torch.Tensor, H: torch.Tensor, Q: torch.Tensor, scale: torch
     the row's scales, since each dequantized weight is ``scale_g * (q - zero_g)``: the best scales
     solve a ``[groups x groups]`` linear system per row,
     ``A s = b`` with ``A_gh = c_g^T H_gh c_h`` and ``b_g = c_g^T (H w)_g`` (``c`` the codes minus
-    the zero point). This is the scale step of alternating minimization between codes and
-    scales (as in Nagel et al., "Up or Down? Adaptive Rounding", 2020, which learns rounding for
-    fixed scales, and in the coordinate-descent refinement of quantization grids; here the codes
-    stay GPTQ's). Zero points stay as they are, and so do zero (pruned) weights (their code
-    minus zero point is 0).
+    the zero point). This is the scale half of alternating between codes and scales; GPTQ's
+    column loop (like AdaRound, Nagel et al., "Up or Down? Adaptive Rounding for Post-Training
+    Quantization", ICML 2020) optimizes the codes for fixed scales. Zero points stay as they are,
+    and so do zero (pruned) weights (their code minus zero point is 0).
 
     Args:
         W: the target weights ``[rows, cols]`` float32 (GPTAQ's shifted target when it applies).
@@ -359,6 +360,23 @@ def refit_scales(W: torch.Tensor, H: torch.Tensor, Q: torch.Tensor, scale: torch
     """
     rows, cols = W.shape
     n_groups = cols // g
+    # Rows are independent: bound the [rows, groups, groups] systems to REFIT_CHUNK elements at a time
+    # (a 70B model's down_proj, 224 groups of 128, would otherwise hold 1.6 GB of them at once).
+    step = max(1, REFIT_CHUNK // (n_groups * n_groups + cols))
+    parts = [_refit_rows(W[i : i + step], H, Q[i : i + step], scale[i : i + step], g, scale_dtype)
+             for i in range(0, rows, step)]
+    Q, scale, ok, before, after = (torch.cat(t) for t in zip(*parts))
+    total = float(before.sum())
+    return Q, scale, ok, float(after.sum()) / total if total > 0 else 1.0
+
+
+REFIT_CHUNK = 1 << 24
+
+
+def _refit_rows(W, H, Q, scale, g: int, scale_dtype):
+    """:func:`refit_scales` on a block of rows; also returns each row's objective before and after."""
+    rows, cols = W.shape
+    n_groups = cols // g
     C = Q / scale.repeat_interleave(g, dim=1)  # codes minus zero points, exact integers up to rounding
     C.round_()
     A = torch.zeros(rows, n_groups, n_groups, device=W.device)
@@ -370,7 +388,7 @@ def refit_scales(W: torch.Tensor, H: torch.Tensor, Q: torch.Tensor, scale: torch
     A = A + torch.triu(A, 1).transpose(1, 2)
     WH = W @ H
     b = (C * WH).view(rows, n_groups, g).sum(-1)
-    const = (WH * W).sum(-1)  # w^T H w: the objective's constant, for the ratio
+    const = (WH * W).sum(-1)  # w^T H w: the objective's constant
     del WH
     # Groups whose codes are all zero have no say in the objective: pin them to their old scale.
     diag = torch.diagonal(A, dim1=1, dim2=2)
@@ -380,17 +398,15 @@ def refit_scales(W: torch.Tensor, H: torch.Tensor, Q: torch.Tensor, scale: torch
     new, info = torch.linalg.solve_ex(A, b.unsqueeze(-1))
     new = new.squeeze(-1).to(scale_dtype).float()
 
-    def objective(s):  # s^T A s - 2 b^T s: the row's output error up to a constant
-        return (s.unsqueeze(1) @ A @ s.unsqueeze(-1)).squeeze(-1).squeeze(-1) - 2 * (b * s).sum(-1)
+    def objective(s):  # (w - Q) H (w - Q)^T for dequantized rows C * s
+        return (s.unsqueeze(1) @ A @ s.unsqueeze(-1)).squeeze(-1).squeeze(-1) - 2 * (b * s).sum(-1) + const
 
     ok = (info == 0) & torch.isfinite(new).all(-1) & (new > 0).all(-1)
     before = objective(scale)
     after = objective(torch.where(ok.unsqueeze(-1), new, scale))
     ok &= after < before
     scale = torch.where(ok.unsqueeze(-1), new, scale)
-    total = float((before + const).sum())
-    ratio = float((torch.where(ok, after, before) + const).sum()) / total if total > 0 else 1.0
-    return C * scale.repeat_interleave(g, dim=1), scale, ok, ratio
+    return C * scale.repeat_interleave(g, dim=1), scale, ok, before, torch.where(ok, after, before)
 
 
 @dataclass
