@@ -31,8 +31,8 @@ def main():
     runs = []
     for alpha in args.gptaq_alpha:
         name = "plain GPTQ" if alpha == 0 else f"GPTAQ {alpha:g}"
-        runs += [(f"{name}, no refit", ["--gptaq-alpha", str(alpha), "--no-refit-scales"]),
-                 (f"{name}, refit (default)", ["--gptaq-alpha", str(alpha)])]
+        runs += [(f"{name}, no refit", ["--gptaq-alpha", str(alpha), "--refit-scales", "off"]),
+                 (f"{name}, refit", ["--gptaq-alpha", str(alpha), "--refit-scales", "on"])]
     rows = run_selection(args.models, runs, work_dir(args.work, "select_gptq_refit_"))
     md = selection_table("GPTQ scale refit after the column loop, chosen on selection text", "select_gptq_refit.py",
                          "Symmetric int4, act-order, MSE clipping search, dampening 0.01 (GPTAQ: gptaq_damp 0.1)",

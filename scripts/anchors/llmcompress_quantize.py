@@ -41,7 +41,8 @@ ap.add_argument("--gptaq-alpha", type=float, default=0.0)
 ap.add_argument("--gptaq-damp", type=float, default=None, help="GPTAQ target dampening (default: the config's)")
 ap.add_argument("--no-act-order", action="store_true", help="columns in their own order (groups fitted as reached)")
 ap.add_argument("--observer", choices=("mse", "minmax"), default="mse")
-ap.add_argument("--no-refit-scales", action="store_true", help="keep the observer's scales (no refit after the column loop)")
+ap.add_argument("--refit-scales", choices=("default", "on", "off"), default="default",
+                help="refit group scales after the column loop (default: the config's, on with GPTAQ only)")
 a = ap.parse_args()
 t_start = time.perf_counter()
 ids = torch.load(a.ids)
@@ -49,7 +50,7 @@ model, tok, _ = load_model(a.model_dir, dtype="float32")
 sym, g = not a.asym, int(a.group_size)
 if a.method == "gptq":
     stage = GPTQConfig(bits=4, group_size=g, sym=sym, act_order=not a.no_act_order, observer=a.observer, damp=0.01,
-                       block_size=a.block_size, gptaq_alpha=a.gptaq_alpha, refit_scales=not a.no_refit_scales,
+                       block_size=a.block_size, gptaq_alpha=a.gptaq_alpha, refit_scales={"default": None, "on": True, "off": False}[a.refit_scales],
                        **({} if a.gptaq_damp is None else {"gptaq_damp": a.gptaq_damp}))  # default: bf16 forwards
 else:
     stage = RTNConfig(bits=4, group_size=g, sym=sym)

@@ -92,6 +92,13 @@ def test_refit_scales_keeps_codes_and_lowers_the_objective(args, act_order):
     assert res.loss < base.loss
 
 
+
+def test_refit_scales_default_follows_gptaq():
+    assert GPTQConfig(bits=4, group_size=64, gptaq_alpha=0.5).refit
+    assert not GPTQConfig(bits=4, group_size=64).refit
+    assert GPTQConfig(bits=4, group_size=64, refit_scales=True).refit
+    assert not GPTQConfig(bits=4, group_size=64, gptaq_alpha=0.5, refit_scales=False).refit
+
 @pytest.mark.parametrize("chunk", [1 << 24, 300])  # all rows at once; 2 rows per block
 def test_refit_scales_is_the_per_row_least_squares_optimum(chunk, monkeypatch):
     """Against a direct least-squares solve in float64, row by row; a group left with no nonzero
@@ -142,7 +149,7 @@ def gptq_recipe(**kw):
 
 @pytest.mark.parametrize("kw", [dict(), dict(act_order=False, true_sequential=False),
                                 dict(calibration_dtype="bfloat16", observer="mse"), dict(gptaq_alpha=0.5),
-                                dict(gptaq_alpha=0.5, refit_scales=True)])
+                                dict(gptaq_alpha=0.5, refit_scales=False), dict(refit_scales=True)])
 def test_gptq_model_roundtrip(tiny_model_dir, tmp_path, kw):
     res = compress(str(tiny_model_dir), gptq_recipe(**kw), tmp_path / "q", evaluation=False, verify=False)
     assert len(quantized_modules(res.model)) == 14

@@ -43,11 +43,18 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
     # on SmolLM2-135M's code (its Wikipedia windows: a tie within rounding noise; BENCHMARKS.md).
     gptaq_damp: float | None = field(default=0.1, metadata={"help": "dampening of GPTAQ's shifted target (its least-squares solve), fraction of the mean Hessian diagonal; null: the same as damp"})
 
-    # Refitting the scales to the output error once the codes are chosen lowered perplexity on both
-    # selection texts of Qwen2.5-Coder-0.5B (GPTAQ 0.5: 29.58 -> 29.46, 6.219 -> 6.179) and on
-    # SmolLM2-135M's code (11.03 -> 10.82; its Wikipedia windows 21.74 -> 21.90), never on the
-    # evaluation texts (BENCHMARKS.md, GPTQ summary). About 0.7 s per Qwen2.5-0.5B decoder layer on CPU.
-    refit_scales: bool = field(default=True, metadata={"help": "after GPTQ's column loop, refit each row's group scales to the layer's output error with the codes fixed (a least-squares solve per row)"})
+    # Refitting the scales to the output error once the codes are chosen lowered GPTAQ's perplexity on
+    # the selection texts (Qwen2.5-Coder-0.5B 29.58 -> 29.46 and 6.219 -> 6.179; SmolLM2-135M's code
+    # 11.03 -> 10.82, its Wikipedia windows 21.74 -> 21.90; BENCHMARKS.md, "Scale refit"). For plain
+    # GPTQ it stays off: its only selection run (SmolLM2) was mixed, and on Qwen2.5-Coder-0.5B's
+    # evaluation texts it raised plain GPTQ's increase (+3.12 -> +3.92 on Wikipedia) while it lowered
+    # GPTAQ's (+2.51 -> +1.98). About 0.7 s per Qwen2.5-0.5B decoder layer on CPU.
+    refit_scales: bool | None = field(default=None, metadata={"help": "after GPTQ's column loop, refit each row's group scales to the layer's output error with the codes fixed (a least-squares solve per row); null (default): on with GPTAQ (gptaq_alpha > 0), off for plain GPTQ"})
+
+    @property
+    def refit(self) -> bool:
+        """Whether the scales are refit: ``refit_scales``, or by default only with GPTAQ."""
+        return self.gptaq_alpha > 0 if self.refit_scales is None else bool(self.refit_scales)
 
     def __post_init__(self):
         super().__post_init__()
