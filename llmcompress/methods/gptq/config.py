@@ -46,9 +46,9 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
     # Refitting the scales to the output error once the codes are chosen lowered GPTAQ's perplexity on
     # the selection texts (Qwen2.5-Coder-0.5B 29.58 -> 29.46 and 6.219 -> 6.179; SmolLM2-135M's code
     # 11.03 -> 10.82, its Wikipedia windows 21.74 -> 21.90; BENCHMARKS.md, "Scale refit"). For plain
-    # GPTQ it stays off: its only selection run (SmolLM2) was mixed, and on Qwen2.5-Coder-0.5B's
-    # evaluation texts it raised plain GPTQ's increase (+3.12 -> +3.92 on Wikipedia) while it lowered
-    # GPTAQ's (+2.51 -> +1.98). About 0.7 s per Qwen2.5-0.5B decoder layer on CPU.
+    # GPTQ it stays off: on Qwen2.5-Coder-0.5B's selection texts it raised plain GPTQ's perplexity
+    # (30.73 -> 31.21, 6.251 -> 6.256), as on its evaluation texts (+3.12 -> +3.92 on Wikipedia, while
+    # GPTAQ's fell from +2.51 to +1.98); SmolLM2's was mixed. About 0.7 s per Qwen2.5-0.5B decoder layer on CPU.
     refit_scales: bool | None = field(default=None, metadata={"help": "after GPTQ's column loop, refit each row's group scales to the layer's output error with the codes fixed (a least-squares solve per row); null (default): on with GPTAQ (gptaq_alpha > 0), off for plain GPTQ"})
 
     @property
