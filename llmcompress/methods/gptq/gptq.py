@@ -331,6 +331,10 @@ def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_t
     return (*out, damp_used) if with_inverse else (out, damp_used)
 
 
+# refit_scales solves at most this many entries of its per-row systems at once.
+REFIT_CHUNK = 1 << 24
+
+
 def refit_scales(W: torch.Tensor, H: torch.Tensor, Q: torch.Tensor, scale: torch.Tensor, g: int,
                  scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Refit each row's group scales to GPTQ's objective, keeping its integer codes.
@@ -370,9 +374,6 @@ def refit_scales(W: torch.Tensor, H: torch.Tensor, Q: torch.Tensor, scale: torch
     return Q, scale, ok, float(after.sum()) / total if total > 0 else 1.0
 
 
-REFIT_CHUNK = 1 << 24
-
-
 def _refit_rows(W, H, Q, scale, g: int, scale_dtype):
     """:func:`refit_scales` on a block of rows; also returns each row's objective before and after."""
     rows, cols = W.shape
@@ -395,6 +396,7 @@ def _refit_rows(W, H, Q, scale, g: int, scale_dtype):
     empty = diag <= 0
     A = A + torch.diag_embed(torch.where(empty, torch.ones_like(diag), torch.zeros_like(diag)))
     b = torch.where(empty, scale, b)
+    const = const + (scale * scale * empty).sum(-1)  # the pinned groups' s^2 - 2 s s_old, cancelled
     new, info = torch.linalg.solve_ex(A, b.unsqueeze(-1))
     new = new.squeeze(-1).to(scale_dtype).float()
 
