@@ -2,6 +2,7 @@
 then the Hessian's Gram product timed alone in each precision it could use.
 
 Usage: python scripts/profile_gptq.py [--model qwen2.5-coder-0.5b] [--samples 64] [--gptaq 0]
+       python scripts/profile_gptq.py --refit-only   (the scale refit timed alone on Qwen2.5-0.5B's shapes)
 
 Prints, does not write BENCHMARKS.md: the numbers go into the GPTQ summary by hand, beside the
 table (`bench:gptq*`) whose time ratio they explain.
@@ -20,7 +21,7 @@ from _bench import machine
 from llmcompress import Recipe, compress
 from llmcompress.data import CalibrationConfig
 from llmcompress.methods.gptq import GPTQConfig
-from llmcompress.methods.gptq.gptq import _add_gram, _bf16_cpu_matmul
+from llmcompress.methods.gptq.gptq import _add_gram, _bf16_cpu_matmul, refit_scales
 from llmcompress.models import resolve
 
 
@@ -47,6 +48,19 @@ def gram_timings(cols: int = 4864, tokens: int = 8192) -> None:
         print(f"  {name}: {seconds:.3f} s")
 
 
+def refit_timings(g: int = 128) -> None:
+    """``refit_scales`` on random inputs of Qwen2.5-0.5B's shapes (rows x columns): down_proj, gate/up
+    stacked, q/k/v stacked."""
+    for rows, cols in ((896, 4864), (9728, 896), (1152, 896)):
+        x = torch.randn(4096, cols)
+        H = x.t() @ x / len(x) + 0.01 * torch.eye(cols)
+        W = torch.randn(rows, cols) * 0.02
+        scale = (W.abs().view(rows, -1, g).amax(-1) / 7).bfloat16().float()
+        s = scale.repeat_interleave(g, dim=1)
+        Q = (W / s).round().clamp(-8, 7) * s
+        print(f"  refit_scales {rows} x {cols}: {timed(lambda: refit_scales(W, H, Q, scale, g, torch.bfloat16)):.3f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
@@ -55,8 +69,13 @@ def main() -> None:
     ap.add_argument("--calibration", default="wiki_calib+python_code")
     ap.add_argument("--gptaq", type=float, default=0.0, help="gptaq_alpha (0: plain GPTQ)")
     ap.add_argument("--top", type=int, default=25, help="profile rows to print")
+    ap.add_argument("--refit-only", action="store_true", help="time the scale refit alone and stop")
     args = ap.parse_args()
     print(machine())
+    if args.refit_only:
+        print("Scale refit (mean of 3):")
+        refit_timings()
+        return
     recipe = Recipe(stages=[GPTQConfig(bits=4, group_size=args.group, act_order=True, damp=0.01, observer="mse",
                                        gptaq_alpha=args.gptaq)], name="profile")
     calibration = CalibrationConfig(source=args.calibration, num_samples=args.samples, seq_len=512, seed=0)

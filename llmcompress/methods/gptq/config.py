@@ -48,7 +48,7 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
     # 11.03 -> 10.82, its Wikipedia windows 21.74 -> 21.90; BENCHMARKS.md, "Scale refit"). For plain
     # GPTQ it stays off: on Qwen2.5-Coder-0.5B's selection texts it raised plain GPTQ's perplexity
     # (30.73 -> 31.21, 6.251 -> 6.256), as on its evaluation texts (+3.12 -> +3.92 on Wikipedia, while
-    # GPTAQ's fell from +2.51 to +1.98); SmolLM2's was mixed. About 0.7 s per Qwen2.5-0.5B decoder layer on CPU.
+    # GPTAQ's fell from +2.51 to +1.98); SmolLM2's was mixed. About 0.8 s per Qwen2.5-0.5B decoder layer on CPU.
     refit_scales: bool | None = field(default=None, metadata={"help": "after GPTQ's column loop, refit each row's group scales to the layer's output error with the codes fixed (a least-squares solve per row); null (default): on with GPTAQ (gptaq_alpha > 0), off for plain GPTQ"})
 
     @property

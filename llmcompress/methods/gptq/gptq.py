@@ -709,9 +709,3 @@ def gptq_quantize(
         Q, scale, _, ratio = refit_scales(target, H, Q, scale.to(scale_dtype).float(), g, scale_dtype)
         loss *= ratio  # the loop's own sum of H-weighted errors, scaled by the objective's change
     return GPTQResult(Q.to(dtype), scale.to(scale_dtype), zero, loss, damp_used)
-
-
-def _objective(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """``tr((W - Q) H (W - Q)^T)``: the layer's squared output error on the calibration inputs."""
-    E = W - Q
-    return ((E @ H) * E).sum()
