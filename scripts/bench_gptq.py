@@ -44,6 +44,8 @@ def main():
     ap.add_argument("--calibration", default="wiki_calib", help="calibration text, or a blend 'a+b'")
     ap.add_argument("--gptaq", nargs="*", type=float, default=[],
                     help="also llmcompress GPTQ with GPTAQ's asymmetric calibration at these alphas (e.g. 0.5 1)")
+    ap.add_argument("--refit-damp", type=float, default=None,
+                    help="dampening of the scale refit (GPTQConfig.refit_damp) for the llmcompress GPTQ rows (default: the config's)")
     ap.add_argument("--section", default=None, help="BENCHMARKS.md section (default: gptq, or gptq_asym with --asym)")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
     ap.add_argument("--work", default=None, help="folder for the quantized outputs, kept (default: a temp folder, removed at exit)")
@@ -72,11 +74,12 @@ def main():
             torch.save(windows, windows_path)
             extra = ["--asym", "--eval", str(windows_path)]
         quantize = [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py")]
-        runs = [("RTN int4", quantize + ["rtn"], []), ("llmcompress GPTQ", quantize + ["gptq"], [])]
+        rd = [] if args.refit_damp is None else ["--refit-damp", str(args.refit_damp)]
+        runs = [("RTN int4", quantize + ["rtn"], []), ("llmcompress GPTQ", quantize + ["gptq"], rd)]
         if args.asym:  # the row above rounds scales to the v1 file's float16; llm-compressor keeps float32
-            runs.append(("llmcompress GPTQ, float32 scales", quantize + ["gptq"], ["--scale-dtype", "float32"]))
+            runs.append(("llmcompress GPTQ, float32 scales", quantize + ["gptq"], ["--scale-dtype", "float32", *rd]))
         for alpha in args.gptaq:
-            runs.append((f"llmcompress GPTQ + GPTAQ (alpha {alpha:g})", quantize + ["gptq"], ["--gptaq-alpha", str(alpha)]))
+            runs.append((f"llmcompress GPTQ + GPTAQ (alpha {alpha:g})", quantize + ["gptq"], ["--gptaq-alpha", str(alpha), *rd]))
         if anchor:
             runs.append(("llm-compressor GPTQ", [str(anchor), str(ROOT / "scripts/anchors/llmcompressor_gptq.py")], []))
         else:
@@ -122,7 +125,8 @@ def main():
         f"({', '.join(f'{m}: {n} windows' for m, n in zip(args.models, args.samples))}); {grid}; group size "
         f"{gs}; act-order with static groups, dampening 0.01, block 128, lm_head kept; llmcompress: MSE clipping "
         "search; GPTAQ rows then refit each row's scales to the output error with the codes fixed "
-        f"(`refit_scales`, by default on with GPTAQ only). Perplexity on the first "
+        f"(`refit_scales`, by default on with GPTAQ only; its dampening `refit_damp` "
+        f"{'that of the column loop' if args.refit_damp is None else f'{args.refit_damp:g} of the mean Hessian diagonal'}). Perplexity on the first "
         f"{args.eval_tokens} tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` "
         "(Python reference docs, another domain); in brackets the increase over the original and its ratio "
         "to RTN's increase. Quantize time and peak RSS are measured inside each quantizer's own child "

@@ -43,6 +43,7 @@ ap.add_argument("--no-act-order", action="store_true", help="columns in their ow
 ap.add_argument("--observer", choices=("mse", "minmax"), default="mse")
 ap.add_argument("--refit-scales", choices=("default", "on", "off"), default="default",
                 help="refit group scales after the column loop (default: the config's, on with GPTAQ only)")
+ap.add_argument("--refit-damp", type=float, default=None, help="the refit's dampening (default: the config's)")
 a = ap.parse_args()
 t_start = time.perf_counter()
 ids = torch.load(a.ids)
@@ -51,7 +52,8 @@ sym, g = not a.asym, int(a.group_size)
 if a.method == "gptq":
     stage = GPTQConfig(bits=4, group_size=g, sym=sym, act_order=not a.no_act_order, observer=a.observer, damp=0.01,
                        block_size=a.block_size, gptaq_alpha=a.gptaq_alpha, refit_scales={"default": None, "on": True, "off": False}[a.refit_scales],
-                       **({} if a.gptaq_damp is None else {"gptaq_damp": a.gptaq_damp}))  # default: bf16 forwards
+                       **({} if a.gptaq_damp is None else {"gptaq_damp": a.gptaq_damp}),
+                       **({} if a.refit_damp is None else {"refit_damp": a.refit_damp}))  # default: bf16 forwards
 else:
     stage = RTNConfig(bits=4, group_size=g, sym=sym)
 t0 = time.perf_counter()

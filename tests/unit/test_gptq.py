@@ -99,6 +99,24 @@ def test_refit_scales_keeps_codes_and_lowers_the_objective(args, act_order):
 
 
 
+def test_refit_damp_sets_the_refit_objective():
+    """``refit_damp`` dampens the refit's objective alone: the codes are the column loop's either
+    way, and each refit is the better one under its own dampened Hessian."""
+    W, X, H = layer_problem()
+    args = QuantArgs(4, 64, True)
+    lo = gptq_quantize(W, H, args, act_order=True, refit=True)
+    hi = gptq_quantize(W, H, args, act_order=True, refit=True, refit_damp=1.0)
+    assert torch.equal(QuantRecord(args, lo.scale, None, "gptq").codes(lo.weight),
+                       QuantRecord(args, hi.scale, None, "gptq").codes(hi.weight))
+    assert not torch.equal(lo.scale, hi.scale)
+    mean = torch.diag(H).mean()
+    H_lo, H_hi = H + 0.01 * mean * torch.eye(H.shape[0]), H + mean * torch.eye(H.shape[0])
+    assert output_error(W, lo.weight, H_lo) < output_error(W, hi.weight, H_lo)
+    assert output_error(W, hi.weight, H_hi) < output_error(W, lo.weight, H_hi)
+    with pytest.raises(ValueError, match="refit_damp"):
+        GPTQConfig(bits=4, group_size=64, refit_damp=0)
+
+
 def test_refit_scales_default_follows_gptaq():
     assert GPTQConfig(bits=4, group_size=64, gptaq_alpha=0.5).refit
     assert not GPTQConfig(bits=4, group_size=64).refit

@@ -28,7 +28,7 @@ def apply_gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context):
         res = gptq_quantize(torch.cat(weights), H, args, block_size=cfg.block_size, damp=cfg.damp,
                             act_order=cfg.act_order, observer=cfg.observer, dtype=weights[0].dtype,
                             scale_dtype=ctx.scale_dtype, name=names[0], D=D, WD=WD, alpha=cfg.gptaq_alpha,
-                            target_damp=cfg.gptaq_damp, refit=cfg.refit)
+                            target_damp=cfg.gptaq_damp, refit=cfg.refit, refit_damp=cfg.refit_damp)
         row = 0
         for module, w in zip(modules, weights):
             r = w.shape[0]

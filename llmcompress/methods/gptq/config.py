@@ -51,6 +51,8 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
     # GPTAQ's fell from +2.51 to +1.98); SmolLM2's was mixed. About 0.8 s per Qwen2.5-0.5B decoder layer on CPU.
     refit_scales: bool | None = field(default=None, metadata={"help": "after GPTQ's column loop, refit each row's group scales to the layer's output error with the codes fixed (a least-squares solve per row); null (default): on with GPTAQ (gptaq_alpha > 0), off for plain GPTQ"})
 
+    refit_damp: float | None = field(default=None, metadata={"help": "dampening of the scale refit's objective, fraction of the mean Hessian diagonal; null: the column loop's damp"})
+
     @property
     def refit(self) -> bool:
         """Whether the scales are refit: ``refit_scales``, or by default only with GPTAQ."""
@@ -61,6 +63,8 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
         check_range("damp", self.damp, 0, 1, lo_open=True)
         if self.gptaq_damp is not None:
             check_range("gptaq_damp", self.gptaq_damp, 0, 10, lo_open=True)
+        if self.refit_damp is not None:
+            check_range("refit_damp", self.refit_damp, 0, 10, lo_open=True)
         check_range("block_size", self.block_size, 1)
         check_range("gptaq_alpha", self.gptaq_alpha, 0, 1)
         self.check_layerwise_options()

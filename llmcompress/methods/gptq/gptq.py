@@ -543,6 +543,7 @@ def gptq_quantize(
     target_damp: float | None = None,
     WD: torch.Tensor | None = None,
     refit: bool = False,
+    refit_damp: float | None = None,
 ) -> GPTQResult:
     """Quantize one weight matrix with GPTQ.
 
@@ -568,6 +569,8 @@ def gptq_quantize(
             on the least-squares fit), if it should differ from ``damp`` (the column loop's).
         refit: after the column loop, refit each row's group scales to the objective with the
             codes fixed (:func:`refit_scales`).
+        refit_damp: the refit's dampening, a fraction of the mean Hessian diagonal (default: the
+            column loop's, after any automatic raise).
 
     Zero weights (from pruning) stay zero. Columns whose inputs are always zero ("dead")
     are set to zero.
@@ -705,7 +708,8 @@ def gptq_quantize(
     loss = float(loss.sum())
     if refit_with is not None:
         target, H = refit_with
-        H = H + damp_used * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device)
+        lam = damp_used if refit_damp is None else max(refit_damp, damp_used)
+        H = H + lam * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device)
         Q, scale, _, ratio = refit_scales(target, H, Q, scale.to(scale_dtype).float(), g, scale_dtype)
         loss *= ratio  # the loop's own sum of H-weighted errors, scaled by the objective's change
     return GPTQResult(Q.to(dtype), scale.to(scale_dtype), zero, loss, damp_used)
