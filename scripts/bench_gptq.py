@@ -45,7 +45,7 @@ def main():
     ap.add_argument("--gptaq", nargs="*", type=float, default=[],
                     help="also llmcompress GPTQ with GPTAQ's asymmetric calibration at these alphas (e.g. 0.5 1)")
     ap.add_argument("--refit-damp", type=float, default=None,
-                    help="dampening of the scale refit (GPTQConfig.refit_damp) for the llmcompress GPTQ rows (default: the config's)")
+                    help="dampening of the scale refit (GPTQConfig.refit_damp) for the GPTAQ rows, whose refit is on (default: the config's)")
     ap.add_argument("--section", default=None, help="BENCHMARKS.md section (default: gptq, or gptq_asym with --asym)")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
     ap.add_argument("--work", default=None, help="folder for the quantized outputs, kept (default: a temp folder, removed at exit)")
@@ -75,9 +75,10 @@ def main():
             extra = ["--asym", "--eval", str(windows_path)]
         quantize = [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py")]
         rd = [] if args.refit_damp is None else ["--refit-damp", str(args.refit_damp)]
-        runs = [("RTN int4", quantize + ["rtn"], []), ("llmcompress GPTQ", quantize + ["gptq"], rd)]
+        # The refit, and so its dampening, is on by default with GPTAQ only: plain rows keep their default.
+        runs = [("RTN int4", quantize + ["rtn"], []), ("llmcompress GPTQ", quantize + ["gptq"], [])]
         if args.asym:  # the row above rounds scales to the v1 file's float16; llm-compressor keeps float32
-            runs.append(("llmcompress GPTQ, float32 scales", quantize + ["gptq"], ["--scale-dtype", "float32", *rd]))
+            runs.append(("llmcompress GPTQ, float32 scales", quantize + ["gptq"], ["--scale-dtype", "float32"]))
         for alpha in args.gptaq:
             runs.append((f"llmcompress GPTQ + GPTAQ (alpha {alpha:g})", quantize + ["gptq"], ["--gptaq-alpha", str(alpha), *rd]))
         if anchor:

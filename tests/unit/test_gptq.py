@@ -114,7 +114,10 @@ def test_refit_damp_sets_the_refit_objective():
     assert output_error(W, lo.weight, H_lo) < output_error(W, hi.weight, H_lo)
     assert output_error(W, hi.weight, H_hi) < output_error(W, lo.weight, H_hi)
     with pytest.raises(ValueError, match="refit_damp"):
-        GPTQConfig(bits=4, group_size=64, refit_damp=0)
+        GPTQConfig(bits=4, group_size=64, gptaq_alpha=0.5, refit_damp=0)
+    with pytest.raises(ValueError, match="refit_scales: true"):  # plain GPTQ: the refit is off by default
+        GPTQConfig(bits=4, group_size=64, refit_damp=1.0)
+    assert GPTQConfig(bits=4, group_size=64, refit_scales=True, refit_damp=1.0).refit
 
 
 def test_refit_scales_default_follows_gptaq():

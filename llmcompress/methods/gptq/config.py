@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ...config import check_range
+from ...errors import ConfigError
 from ..layerwise import LayerwiseOptions
 from ..quant.config import WeightQuantConfig
 
@@ -56,7 +57,7 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
     # column loop's 0.01 on Qwen2.5-Coder-0.5B (GPTAQ 29.46 / 6.179 -> 29.34 / 6.115; plain GPTQ
     # 31.21 / 6.256 -> 30.27 / 6.229, better than no refit) but lost SmolLM2-135M's code (GPTAQ
     # 10.82 -> 11.30): per model, so the default stays the loop's and the Qwen recipe sets 1.
-    refit_damp: float | None = field(default=None, metadata={"help": "dampening of the scale refit's objective, fraction of the mean Hessian diagonal; null: the column loop's damp"})
+    refit_damp: float | None = field(default=None, metadata={"help": "dampening of the scale refit's objective, fraction of the mean Hessian diagonal, at least the column loop's (as raised for Cholesky); null: the column loop's; needs the refit on"})
 
     @property
     def refit(self) -> bool:
@@ -70,6 +71,10 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
             check_range("gptaq_damp", self.gptaq_damp, 0, 10, lo_open=True)
         if self.refit_damp is not None:
             check_range("refit_damp", self.refit_damp, 0, 10, lo_open=True)
+            if not self.refit:
+                raise ConfigError(
+                    f"'refit_damp' ({self.refit_damp:g}) dampens the scale refit, which is off here (it is on by "
+                    "default only with GPTAQ, gptaq_alpha > 0): set refit_scales: true, or drop refit_damp", "refit_damp")
         check_range("block_size", self.block_size, 1)
         check_range("gptaq_alpha", self.gptaq_alpha, 0, 1)
         self.check_layerwise_options()

@@ -570,7 +570,7 @@ def gptq_quantize(
         refit: after the column loop, refit each row's group scales to the objective with the
             codes fixed (:func:`refit_scales`).
         refit_damp: the refit's dampening, a fraction of the mean Hessian diagonal (default: the
-            column loop's, after any automatic raise).
+            column loop's, after any automatic raise; never below it, which kept H positive definite).
 
     Zero weights (from pruning) stay zero. Columns whose inputs are always zero ("dead")
     are set to zero.
