@@ -33,6 +33,18 @@ TEXTS = ("wiki_eval", "python_docs")
 DEFAULT_MODELS, DEFAULT_SAMPLES = ["smollm2-135m", "qwen2.5-coder-0.5b"], [128, 64]
 
 
+def _damp(value: str) -> float | None:
+    return None if value == "default" else float(value)
+
+
+def _damp_text(damps: dict, models_: list[str]) -> str:
+    """How the header names the refit's dampening, per model when they differ."""
+    say = lambda d: "that of the column loop" if d is None else f"{d:g} of the mean Hessian diagonal"  # noqa: E731
+    if len(set(damps.values())) == 1:
+        return say(next(iter(damps.values())))
+    return ", ".join(f"{m}: {say(damps[m])}" for m in models_)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
@@ -44,8 +56,9 @@ def main():
     ap.add_argument("--calibration", default="wiki_calib", help="calibration text, or a blend 'a+b'")
     ap.add_argument("--gptaq", nargs="*", type=float, default=[],
                     help="also llmcompress GPTQ with GPTAQ's asymmetric calibration at these alphas (e.g. 0.5 1)")
-    ap.add_argument("--refit-damp", type=float, default=None,
-                    help="dampening of the scale refit (GPTQConfig.refit_damp) for the GPTAQ rows, whose refit is on (default: the config's)")
+    ap.add_argument("--refit-damp", nargs="+", type=_damp, default=[None],
+                    help="dampening of the scale refit (GPTQConfig.refit_damp) for the GPTAQ rows, whose refit is on: one "
+                         "value for every model or one per model ('default': the config's, the column loop's dampening)")
     ap.add_argument("--section", default=None, help="BENCHMARKS.md section (default: gptq, or gptq_asym with --asym)")
     ap.add_argument("--anchor-venv", default=str(ROOT / ".dev" / "lc"), help="llm-compressor's virtual environment")
     ap.add_argument("--work", default=None, help="folder for the quantized outputs, kept (default: a temp folder, removed at exit)")
@@ -55,6 +68,9 @@ def main():
     rows, raw = [], {}
     section = args.section or ("gptq_asym" if args.asym else "gptq")
     groups = dict(zip(args.models, args.groups)) if args.groups else GROUP
+    if len(args.refit_damp) not in (1, len(args.models)):
+        ap.error(f"--refit-damp takes one value or one per model ({len(args.models)}), not {len(args.refit_damp)}")
+    refit_damps = dict(zip(args.models, args.refit_damp * len(args.models)))
     for alias, n_samples in zip(args.models, args.samples + args.samples[-1:] * len(args.models)):
         g = groups[alias]
         model, tok, src = models.load(alias)  # converts the GGUF once
@@ -74,7 +90,7 @@ def main():
             torch.save(windows, windows_path)
             extra = ["--asym", "--eval", str(windows_path)]
         quantize = [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py")]
-        rd = [] if args.refit_damp is None else ["--refit-damp", str(args.refit_damp)]
+        rd = [] if refit_damps[alias] is None else ["--refit-damp", str(refit_damps[alias])]
         # The refit, and so its dampening, is on by default with GPTAQ only: plain rows keep their default.
         runs = [("RTN int4", quantize + ["rtn"], []), ("llmcompress GPTQ", quantize + ["gptq"], [])]
         if args.asym:  # the row above rounds scales to the v1 file's float16; llm-compressor keeps float32
@@ -127,7 +143,7 @@ def main():
         f"{gs}; act-order with static groups, dampening 0.01, block 128, lm_head kept; llmcompress: MSE clipping "
         "search; GPTAQ rows then refit each row's scales to the output error with the codes fixed "
         f"(`refit_scales`, by default on with GPTAQ only; its dampening `refit_damp` "
-        f"{'that of the column loop' if args.refit_damp is None else f'{args.refit_damp:g} of the mean Hessian diagonal'}). Perplexity on the first "
+        f"{_damp_text(refit_damps, args.models)}). Perplexity on the first "
         f"{args.eval_tokens} tokens (512-token windows) of `wiki_eval` (held-out Wikipedia) and `python_docs` "
         "(Python reference docs, another domain); in brackets the increase over the original and its ratio "
         "to RTN's increase. Quantize time and peak RSS are measured inside each quantizer's own child "
