@@ -17,52 +17,79 @@ Usage: python scripts/select_gptaq_damp.py [--models smollm2-135m qwen2.5-coder-
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import torch
 
 from _bench import ROOT, invocation, machine, run_child, this_python, work_dir, write_section
 from llmcompress import models
-from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows, tokenize_source
+from llmcompress.data import (CalibrationConfig, EvaluationConfig, blend_parts, calibration_batches, evaluation_windows,
+                              tokenize_source)
 
 GROUP = {"smollm2-135m": 64, "qwen2.5-coder-0.5b": 128}
 SAMPLES = {"smollm2-135m": 128, "qwen2.5-coder-0.5b": 64}
 
 
-def unused_windows(tok, n_samples: int, seq_len: int, count: int = 16, seeds: tuple[int, ...] = (0,)) -> torch.Tensor:
-    """The last ``count`` windows of ``wiki_calib`` that no calibration window of any of ``seeds``'
-    draws overlaps."""
-    ids = tokenize_source(tok, CalibrationConfig(source="wiki_calib"))
+def unused_windows(tok, n_samples: int | Sequence[int], seq_len: int, count: int = 16, seeds: tuple[int, ...] = (0,),
+                   source: str = "wiki_calib") -> torch.Tensor:
+    """The last ``count`` windows of ``source`` that no calibration draw of ``n_samples`` windows
+    (one size, or several: a blend draws fewer from each of its texts) with any of ``seeds`` overlaps."""
+    ids = tokenize_source(tok, CalibrationConfig(source=source))
     covered = torch.zeros(len(ids), dtype=torch.bool)
     for seed in seeds:
-        gen = torch.Generator().manual_seed(seed)  # the draw of calibration_batches with this seed
-        starts = torch.randint(0, len(ids) - seq_len, (n_samples,), generator=gen)
-        for s in starts.tolist():
-            covered[s : s + seq_len] = True
+        for n in [n_samples] if isinstance(n_samples, int) else n_samples:
+            gen = torch.Generator().manual_seed(seed)  # the draw of calibration_batches with this seed
+            starts = torch.randint(0, len(ids) - seq_len, (n,), generator=gen)
+            for s in starts.tolist():
+                covered[s : s + seq_len] = True
     out, end = [], len(ids)
     while len(out) < count and end >= seq_len:
         if not covered[end - seq_len : end].any():
             out.append(ids[end - seq_len : end])
         end -= seq_len
     if len(out) < count:
-        raise ValueError(f"only {len(out)} wiki_calib windows are free of the calibration draws, {count} asked for")
+        raise ValueError(f"only {len(out)} {source} windows are free of the calibration draws, {count} asked for")
     return torch.stack(out[::-1])
 
 
-def run_selection(models_: list[str], runs: list[tuple[str, list[str]]], work) -> list[str]:
-    """Quantize each model once per ``(label, options of llmcompress_quantize.py)`` (symmetric int4,
-    act-order unless the options say otherwise, calibrated as ``bench_gptq.py`` does) and measure the
-    two selection texts; one table row per run."""
+def part_draws(calibrations: list[str], n_samples: int) -> dict[str, list[int]]:
+    """For each text, the sizes of the draws that ``calibration_batches`` takes from it over these
+    calibration sources (a blend of k texts takes ``n / k`` windows from each, the first the remainder)."""
+    draws: dict[str, list[int]] = {}
+    for source in calibrations:
+        parts = blend_parts(source)
+        share, extra = divmod(n_samples, len(parts))
+        for i, part in enumerate(parts):
+            draws.setdefault(part, []).append(share + (i < extra))
+    return draws
+
+
+def selection_windows(tok, n_samples: int, calibrations: list[str]) -> dict[str, torch.Tensor]:
+    """The two selection texts: ``wiki_calib`` windows that no calibration draw overlaps, and 8192
+    tokens of ``python_code``: its first ones, or, when a calibration draws from it, its last
+    windows that no draw overlaps."""
+    draws = part_draws(calibrations, n_samples)
+    code = (unused_windows(tok, draws["python_code"], 512, source="python_code") if "python_code" in draws
+            else evaluation_windows(tok, EvaluationConfig(source="python_code", max_tokens=8192, seq_len=512)))
+    return {"wiki_calib (unused windows)": unused_windows(tok, draws.get("wiki_calib", [n_samples]), 512),
+            "python_code": code}
+
+
+def run_selection(models_: list[str], runs: list[tuple], work) -> list[str]:
+    """Quantize each model once per ``(label, options of llmcompress_quantize.py[, calibration
+    source])`` (symmetric int4, act-order unless the options say otherwise, calibrated as
+    ``bench_gptq.py`` does, on ``wiki_calib`` unless the run names another source) and measure the
+    two selection texts, the same windows for every run; one table row per run."""
     quantize = [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py"), "gptq"]
+    calibrations = [run[2] if len(run) > 2 else "wiki_calib" for run in runs]
     rows = []
     for alias in models_:
         _, tok, src = models.load(alias)
         n = SAMPLES[alias]
-        ids = calibration_batches(tok, CalibrationConfig(source="wiki_calib", num_samples=n, seq_len=512, seed=0))
-        torch.save(ids, work / "ids.pt")
-        windows = {"wiki_calib (unused windows)": unused_windows(tok, n, 512),
-                   "python_code": evaluation_windows(tok, EvaluationConfig(source="python_code", max_tokens=8192, seq_len=512))}
-        torch.save(windows, work / "windows.pt")
-        for label, opts in runs:
+        torch.save(selection_windows(tok, n, calibrations), work / "windows.pt")
+        for (label, opts, *_), calibration in zip(runs, calibrations):
+            ids = calibration_batches(tok, CalibrationConfig(source=calibration, num_samples=n, seq_len=512, seed=0))
+            torch.save(ids, work / "ids.pt")
             print(f"[{alias}] {label} ...", flush=True)
             info = run_child(quantize + [str(src.path), str(work / "ids.pt"), str(GROUP[alias]), str(work / "out"),
                                          "--eval", str(work / "windows.pt"), *opts])
@@ -73,14 +100,16 @@ def run_selection(models_: list[str], runs: list[tuple[str, list[str]]], work) -
     return rows
 
 
-def selection_table(title: str, script: str, setting: str, models_: list[str], rows: list[str]) -> str:
+def selection_table(title: str, script: str, setting: str, models_: list[str], rows: list[str],
+                    calibration: str = "random 512-token windows of `wiki_calib`, seed 0",
+                    code: str = "8192 tokens of `python_code`") -> str:
     """The markdown of one selection run: the command, the setting, the calibration and the rows."""
     cmd = invocation(script)
     return (f"## {title} ({', '.join(models_)})\n\n`{cmd}` (one run; {machine()}). {setting}, calibration as in "
-            "`bench_gptq.py` (random 512-token windows of `wiki_calib`, seed 0; "
+            f"`bench_gptq.py` ({calibration}; "
             + ", ".join(f"{m}: {SAMPLES[m]} windows, group {GROUP[m]}" for m in models_)
-            + "). Perplexity on 16 `wiki_calib` windows that no calibration window overlaps and on 8192 tokens "
-            "of `python_code`; neither text appears in any benchmark table.\n\n"
+            + f"). Perplexity on 16 `wiki_calib` windows that no calibration window overlaps and on {code}; "
+            "neither text appears in any benchmark table.\n\n"
             "| model | run | ppl wiki_calib (unused windows) | ppl python_code | quantize (s) |\n|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
 
