@@ -130,6 +130,14 @@ def blend_parts(source: str) -> list[str]:
     return [part.strip() for part in source.split("+")]
 
 
+def blend_shares(source: str, num_samples: int) -> list[tuple[str, int]]:
+    """How many calibration windows each text of ``source`` gives: an even split, the first texts
+    taking the remainder (``[(source, num_samples)]`` for a single text)."""
+    parts = blend_parts(source)
+    share, extra = divmod(num_samples, len(parts))
+    return [(part, share + (i < extra)) for i, part in enumerate(parts)]
+
+
 def check_source(src: TextSource) -> None:
     """Fail early (before any model is loaded) when a local source cannot be read."""
     parts = blend_parts(src.source)
@@ -266,13 +274,11 @@ def calibration_batches(
     Raises:
         DataError: when the text holds fewer than ``seq_len + 1`` tokens.
     """
-    parts = blend_parts(cfg.source)
-    if len(parts) > 1:
+    if len(blend_parts(cfg.source)) > 1:
         check_source(cfg)
-        share, extra = divmod(cfg.num_samples, len(parts))
         return torch.cat([
-            calibration_batches(tokenizer, replace(cfg, source=part, num_samples=share + (i < extra)), evaluation)
-            for i, part in enumerate(parts)
+            calibration_batches(tokenizer, replace(cfg, source=part, num_samples=n), evaluation)
+            for part, n in blend_shares(cfg.source, cfg.num_samples)
         ])
     ids = tokenize_source(tokenizer, cfg)
     if evaluation is not None and cfg.key() == evaluation.key():

@@ -23,7 +23,7 @@ import torch
 
 from _bench import ROOT, invocation, machine, run_child, this_python, work_dir, write_section
 from llmcompress import models
-from llmcompress.data import (CalibrationConfig, EvaluationConfig, blend_parts, calibration_batches, evaluation_windows,
+from llmcompress.data import (CalibrationConfig, EvaluationConfig, blend_shares, calibration_batches, evaluation_windows,
                               tokenize_source)
 
 GROUP = {"smollm2-135m": 64, "qwen2.5-coder-0.5b": 128}
@@ -54,13 +54,11 @@ def unused_windows(tok, n_samples: int | Sequence[int], seq_len: int, count: int
 
 def part_draws(calibrations: list[str], n_samples: int) -> dict[str, list[int]]:
     """For each text, the sizes of the draws that ``calibration_batches`` takes from it over these
-    calibration sources (a blend of k texts takes ``n / k`` windows from each, the first the remainder)."""
+    calibration sources (``blend_shares``)."""
     draws: dict[str, list[int]] = {}
     for source in calibrations:
-        parts = blend_parts(source)
-        share, extra = divmod(n_samples, len(parts))
-        for i, part in enumerate(parts):
-            draws.setdefault(part, []).append(share + (i < extra))
+        for part, n in blend_shares(source, n_samples):
+            draws.setdefault(part, []).append(n)
     return draws
 
 
