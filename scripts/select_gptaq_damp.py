@@ -62,40 +62,72 @@ def part_draws(calibrations: list[str], n_samples: int) -> dict[str, list[int]]:
     return draws
 
 
-def selection_windows(tok, n_samples: int, calibrations: list[str]) -> dict[str, torch.Tensor]:
-    """The two selection texts: ``wiki_calib`` windows that no calibration draw overlaps, and 8192
-    tokens of ``python_code``: its first ones, or, when a calibration draws from it, its last
-    windows that no draw overlaps."""
+def selection_windows(tok, n_samples: int, calibrations: list[str],
+                      seeds: tuple[int, ...] = (0,)) -> dict[str, torch.Tensor]:
+    """The two selection texts: ``wiki_calib`` windows that no calibration draw (with any of
+    ``seeds``) overlaps, and 8192 tokens of ``python_code``: its first ones, or, when a calibration
+    draws from it, its last windows that no draw overlaps."""
     draws = part_draws(calibrations, n_samples)
-    code = (unused_windows(tok, draws["python_code"], 512, source="python_code") if "python_code" in draws
+    code = (unused_windows(tok, draws["python_code"], 512, seeds=seeds, source="python_code") if "python_code" in draws
             else evaluation_windows(tok, EvaluationConfig(source="python_code", max_tokens=8192, seq_len=512)))
-    return {"wiki_calib (unused windows)": unused_windows(tok, draws.get("wiki_calib", [n_samples]), 512),
+    return {"wiki_calib (unused windows)": unused_windows(tok, draws.get("wiki_calib", [n_samples]), 512, seeds=seeds),
             "python_code": code}
 
 
-def run_selection(models_: list[str], runs: list[tuple], work) -> list[str]:
+def run_selection(models_: list[str], runs: list[tuple], work, seeds: tuple[int, ...] = (0,),
+                  records: list[dict] | None = None) -> list[str]:
     """Quantize each model once per ``(label, options of llmcompress_quantize.py[, calibration
-    source])`` (symmetric int4, act-order unless the options say otherwise, calibrated as
-    ``bench_gptq.py`` does, on ``wiki_calib`` unless the run names another source) and measure the
-    two selection texts, the same windows for every run; one table row per run."""
+    source])`` and calibration seed (symmetric int4, act-order unless the options say otherwise,
+    calibrated as ``bench_gptq.py`` does, on ``wiki_calib`` unless the run names another source,
+    seed 0 unless ``seeds`` names others) and measure the two selection texts, the same windows for
+    every run and seed (none overlaps any seed's draw); one table row per run and seed, and, when
+    ``records`` is a list, one dict per row appended to it."""
     quantize = [this_python(), str(ROOT / "scripts/anchors/llmcompress_quantize.py"), "gptq"]
     calibrations = [run[2] if len(run) > 2 else "wiki_calib" for run in runs]
     rows = []
     for alias in models_:
         _, tok, src = models.load(alias)
         n = SAMPLES[alias]
-        torch.save(selection_windows(tok, n, calibrations), work / "windows.pt")
-        for (label, opts, *_), calibration in zip(runs, calibrations):
-            ids = calibration_batches(tok, CalibrationConfig(source=calibration, num_samples=n, seq_len=512, seed=0))
-            torch.save(ids, work / "ids.pt")
-            print(f"[{alias}] {label} ...", flush=True)
-            info = run_child(quantize + [str(src.path), str(work / "ids.pt"), str(GROUP[alias]), str(work / "out"),
-                                         "--eval", str(work / "windows.pt"), *opts])
-            p = info["ppl"]
-            rows.append(f"| {alias} | {label} | {p['wiki_calib (unused windows)']:.3f} | {p['python_code']:.3f} | "
-                        f"{info['quantize_s']:.0f} |")
-            print(rows[-1], flush=True)
+        torch.save(selection_windows(tok, n, calibrations, tuple(seeds)), work / "windows.pt")
+        for seed in seeds:
+            for (label, opts, *_), calibration in zip(runs, calibrations):
+                ids = calibration_batches(tok, CalibrationConfig(source=calibration, num_samples=n, seq_len=512, seed=seed))
+                torch.save(ids, work / "ids.pt")
+                shown = label if len(seeds) == 1 else f"{label}, seed {seed}"
+                print(f"[{alias}] {shown} ...", flush=True)
+                info = run_child(quantize + [str(src.path), str(work / "ids.pt"), str(GROUP[alias]), str(work / "out"),
+                                             "--eval", str(work / "windows.pt"), *opts])
+                p = info["ppl"]
+                rows.append(f"| {alias} | {shown} | {p['wiki_calib (unused windows)']:.3f} | {p['python_code']:.3f} | "
+                            f"{info['quantize_s']:.0f} |")
+                print(rows[-1], flush=True)
+                if records is not None:
+                    records.append({"model": alias, "run": label, "seed": seed, "wiki": p["wiki_calib (unused windows)"],
+                                    "code": p["python_code"], "seconds": info["quantize_s"]})
     return rows
+
+
+def seed_summary(records: list[dict]) -> str:
+    """Markdown: for each model and run, the geometric mean perplexity over the calibration seeds
+    and, against the model's first run, the mean log ratio and the seeds on which the run is lower
+    (a paired comparison: both runs saw the same calibration windows for each seed)."""
+    import math
+
+    out = ["| model | run | seeds | geo-mean ppl wiki_calib (unused) | geo-mean ppl python_code | "
+           "mean log ratio vs first run (wiki / code) | seeds lower than first run (wiki / code) |",
+           "|---|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in records):
+        mine = [r for r in records if r["model"] == model]
+        labels = list(dict.fromkeys(r["run"] for r in mine))
+        base = {r["seed"]: r for r in mine if r["run"] == labels[0]}
+        for label in labels:
+            rs = [r for r in mine if r["run"] == label]
+            geo = {t: math.exp(sum(math.log(r[t]) for r in rs) / len(rs)) for t in ("wiki", "code")}
+            lr = {t: sum(math.log(r[t] / base[r["seed"]][t]) for r in rs) / len(rs) for t in ("wiki", "code")}
+            wins = {t: sum(r[t] < base[r["seed"]][t] for r in rs) for t in ("wiki", "code")}
+            out.append(f"| {model} | {label} | {len(rs)} | {geo['wiki']:.3f} | {geo['code']:.3f} | "
+                       f"{lr['wiki']:+.4f} / {lr['code']:+.4f} | {wins['wiki']} / {wins['code']} of {len(rs)} |")
+    return "\n".join(out) + "\n"
 
 
 def selection_table(title: str, script: str, setting: str, models_: list[str], rows: list[str],
