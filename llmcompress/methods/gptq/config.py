@@ -50,6 +50,8 @@ class GPTQConfig(LayerwiseOptions, WeightQuantConfig):
     # GPTQ it stays off: on Qwen2.5-Coder-0.5B's selection texts it raised plain GPTQ's perplexity
     # (30.73 -> 31.21, 6.251 -> 6.256), as on its evaluation texts (+3.12 -> +3.92 on Wikipedia, while
     # GPTAQ's fell from +2.51 to +1.98); SmolLM2's was mixed. About 0.8 s per Qwen2.5-0.5B decoder layer on CPU.
+    # Re-checked over three calibration seeds, paired (BENCHMARKS.md, "Is the refit worth its default?"):
+    # with GPTAQ it lowered 10 of 12 selection cells (SmolLM2 -0.7% / -0.7%, Qwen recipe -0.9% / +0.2%).
     refit_scales: bool | None = field(default=None, metadata={"help": "after GPTQ's column loop, refit each row's group scales to the layer's output error with the codes fixed (a least-squares solve per row); null (default): on with GPTAQ (gptaq_alpha > 0), off for plain GPTQ"})
 
     # The refit's objective (w - Q)(H + lambda I)(w - Q)^T: a larger lambda adds weight-space error
