@@ -88,7 +88,7 @@ def main():
         below = sum(info["ppl"][t] < nf4[t] for _, info in runs)
         stats.append(f"`{t}`: mean increase {mean:+.2f} (sample s.d. {sd:.2f}, range {min(d):+.2f} .. {max(d):+.2f}) "
                      f"against nf4's {nf4[t] - base[t]:+.2f}; below nf4 on {below} of {len(d)} seeds")
-    grid = f"{'asymmetric' if args.asym else 'symmetric'} int4, group {args.group}, act-order, MSE clipping"
+    grid = f"{'Asymmetric' if args.asym else 'Symmetric'} int4, group {args.group}, act-order, MSE clipping"
     damp = "the config's" if args.refit_damp is None else f"{args.refit_damp:g}"
     method = f"GPTAQ {args.gptaq:g} with the scale refit (refit_damp {damp})" if args.gptaq else "plain GPTQ"
     md = (f"## GPTQ recipe over calibration seeds ({args.model})\n\n"
