@@ -28,9 +28,8 @@ import torch
 
 from _bench import ROOT, evaluate_dir, invocation, machine, nf4_ppl, run_child, this_python, work_dir, write_section
 from llmcompress import models
+from bench_gptq import TEXTS
 from llmcompress.data import CalibrationConfig, EvaluationConfig, calibration_batches, evaluation_windows
-
-TEXTS = ("wiki_eval", "python_docs")
 
 
 def main():
@@ -61,7 +60,7 @@ def main():
     nf4 = nf4_ppl(src.path, windows)
     print("nf4", nf4, flush=True)
 
-    opts = ["--gptaq-alpha", str(args.gptaq)] + (["--refit-damp", str(args.refit_damp)] if args.refit_damp else [])
+    opts = ["--gptaq-alpha", str(args.gptaq)] + (["--refit-damp", str(args.refit_damp)] if args.refit_damp is not None else [])
     opts += ["--asym"] if args.asym else []  # float16 scales, as the GPTQ v1 file the asymmetric recipe writes
     runs = []
     for seed in args.seeds:

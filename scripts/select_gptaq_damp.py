@@ -17,6 +17,7 @@ Usage: python scripts/select_gptaq_damp.py [--models smollm2-135m qwen2.5-coder-
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 import torch
@@ -111,8 +112,6 @@ def seed_summary(records: list[dict]) -> str:
     """Markdown: for each model and run, the geometric mean perplexity over the calibration seeds
     and, against the model's first run, the mean log ratio and the seeds on which the run is lower
     (a paired comparison: both runs saw the same calibration windows for each seed)."""
-    import math
-
     out = ["| model | run | seeds | geo-mean ppl wiki_calib (unused) | geo-mean ppl python_code | "
            "mean log ratio vs first run (wiki / code) | seeds lower than first run (wiki / code) |",
            "|---|---|---|---|---|---|---|"]
