@@ -22,7 +22,6 @@ from llmcompress import Recipe, compress
 from llmcompress.data import CalibrationConfig
 from llmcompress.methods.gptq import GPTQConfig
 from llmcompress.methods.gptq.gptq import _add_gram, _bf16_cpu_matmul, refit_scales
-from llmcompress.models import resolve
 
 
 def timed(fn, repeats: int = 3) -> float:
@@ -82,7 +81,7 @@ def main() -> None:
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
-    compress(str(resolve(args.model).path), recipe, None, calibration=calibration, evaluation=False, verify=False)
+    compress(args.model, recipe, None, calibration=calibration, evaluation=False, verify=False)
     profiler.disable()
     print(f"compress() under cProfile: {time.perf_counter() - start:.1f} s")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)

@@ -162,6 +162,37 @@ def test_cholesky_failure_names_layer():
     assert torch.isfinite(U).all()
 
 
+@pytest.mark.parametrize("leaf", [1024, 16])
+def test_inverse_hessian_factor_against_float64(leaf, monkeypatch):
+    """The column loop's factor: upper triangular, ``U^T U = (H + lambda I)^-1`` to float32 accuracy, from
+    one factorization of the reversed matrix and a blocked triangular inverse (leaf 16: the recursion
+    splits 100 columns down to 12-13-wide blocks)."""
+    from llmcompress.methods.gptq import gptq
+
+    monkeypatch.setattr(gptq, "TRIANGULAR_LEAF", leaf)
+    torch.manual_seed(0)
+    x = torch.randn(400, 100) * torch.rand(100) * 3
+    H = 2 * x.T @ x / 400
+    U, damp = gptq.inverse_hessian_cholesky(H, 0.01)
+    A = H.double() + 0.01 * torch.diag(H.double()).mean() * torch.eye(100, dtype=torch.float64)
+    ref = torch.linalg.cholesky(torch.linalg.inv(A), upper=True)
+    assert damp == 0.01 and torch.equal(U, torch.triu(U))
+    torch.testing.assert_close(U.double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+    L = torch.linalg.cholesky(A).float()
+    torch.testing.assert_close(gptq.lower_triangular_inverse(L).double() @ L.double(), torch.eye(100, dtype=torch.float64),
+                               rtol=0, atol=1e-5)
+
+
+def test_add_diagonal_is_adding_a_scaled_identity():
+    from llmcompress.methods.gptq.gptq import add_diagonal
+
+    torch.manual_seed(0)
+    H = torch.randn(50, 50)
+    value = 0.01 * torch.diag(H).mean()
+    out = add_diagonal(H, value)
+    assert torch.equal(out, H + value * torch.eye(50)) and out.data_ptr() != H.data_ptr()
+
+
 def test_bf16_weights_with_fp16_scales_stay_on_grid():
     W, X, H = layer_problem()
     res = gptq_quantize(W.bfloat16(), H, QuantArgs(4, 64, True), dtype=torch.bfloat16, scale_dtype=torch.float16)

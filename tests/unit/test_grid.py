@@ -113,3 +113,28 @@ def test_mse_shrink_in_row_chunks_equals_one_pass(monkeypatch):
         monkeypatch.setattr(grid, "MSE_CHUNK", 3 * 5 * 64)  # 3 rows per chunk, a ragged last one
         assert torch.equal(grid.mse_shrink(w, args), whole)
         monkeypatch.setattr(grid, "MSE_CHUNK", 1 << 18)
+
+
+def _mse_shrink_by_definition(w, args, grid=20, max_shrink=0.2, norm=2.4):
+    """Each candidate's error from qparams / quantize / dequantize, as the observer is defined."""
+    best_err = torch.full(w.shape[:-1] + (1,), float("inf"))
+    best = torch.ones_like(best_err)
+    for i in range(grid + 1):
+        p = 1 - max_shrink * i / grid
+        scale, zero = qparams(w, args, p)
+        dq = dequantize(quantize(w, scale, zero, args), scale, zero, torch.float32)
+        err = (dq - w).abs().pow(norm).sum(-1, keepdim=True)
+        better = err < best_err
+        best_err, best = torch.where(better, err, best_err), torch.where(better, torch.full_like(best, p), best)
+    return best
+
+
+@pytest.mark.parametrize("args", [QuantArgs(4, 64, True), QuantArgs(4, 64, False), QuantArgs(8, 64, True)])
+def test_mse_shrink_equals_its_definition(args):
+    """The search reuses one range and one buffer for all candidates: the very same factors as
+    computing every candidate's grid from scratch (zero rows and all-positive groups included)."""
+    torch.manual_seed(0)
+    w = torch.randn(50, 3, 64) * torch.rand(50, 3, 1) * 3
+    w[0] = 0
+    w[1] = w[1].abs()
+    assert torch.equal(mse_shrink(w, args), _mse_shrink_by_definition(w, args))

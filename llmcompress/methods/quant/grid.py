@@ -55,14 +55,29 @@ def qparams(w: torch.Tensor, args: QuantArgs, shrink: float | torch.Tensor = 1.0
     Returns:
         ``(scale, zero)`` with shape ``[..., 1]``; ``zero`` is None for symmetric grids.
     """
+    return qparams_from_range(*value_range(w, args), args, shrink)
+
+
+def value_range(w: torch.Tensor, args: QuantArgs) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(lo, hi)`` of each row that :func:`qparams_from_range` spreads the grid over: ``(None, max |w|)``
+    for symmetric grids, ``(min(w, 0), max(w, 0))`` for asymmetric ones (shapes ``[..., 1]``)."""
     w = w.float()
     if args.sym:
-        absmax = w.abs().amax(dim=-1, keepdim=True) * shrink
+        return None, w.abs().amax(dim=-1, keepdim=True)
+    return w.amin(dim=-1, keepdim=True).clamp(max=0), w.amax(dim=-1, keepdim=True).clamp(min=0)
+
+
+def qparams_from_range(lo: torch.Tensor | None, hi: torch.Tensor, args: QuantArgs,
+                       shrink: float | torch.Tensor = 1.0):
+    """:func:`qparams` from the rows' :func:`value_range` (the MSE search computes it once for
+    all its candidate shrink factors)."""
+    if args.sym:
+        absmax = hi * shrink
         scale = absmax / ((args.qmax - args.qmin) / 2)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return scale, None
-    lo = w.amin(dim=-1, keepdim=True).clamp(max=0) * shrink
-    hi = w.amax(dim=-1, keepdim=True).clamp(min=0) * shrink
+    lo = lo * shrink
+    hi = hi * shrink
     scale = (hi - lo) / (args.qmax - args.qmin)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero = torch.round(args.qmin - lo / scale)
@@ -114,16 +129,24 @@ def mse_shrink(w: torch.Tensor, args: QuantArgs, grid: int = 20, max_shrink: flo
 
 
 def _mse_shrink(w: torch.Tensor, args: QuantArgs, grid: int, max_shrink: float, norm: float):
+    # The range once for every candidate, and each candidate's error in one reused buffer: the
+    # same arithmetic as quantize() / dequantize() (so the same choice), with fewer passes over w.
     w = w.float()
+    lo, hi = value_range(w, args)
     best_err = torch.full(w.shape[:-1] + (1,), float("inf"), device=w.device)
     best = torch.ones_like(best_err)
+    err = torch.empty_like(w)
     for i in range(grid + 1):
         p = 1 - max_shrink * i / grid
-        scale, zero = qparams(w, args, p)
-        err = (dequantize(quantize(w, scale, zero, args), scale, zero, torch.float32) - w).abs_().pow_(norm)
-        err = err.sum(dim=-1, keepdim=True)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
+        scale, zero = qparams_from_range(lo, hi, args, p)
+        torch.div(w, scale, out=err).round_()
+        if zero is not None:
+            err.add_(zero).clamp_(args.qmin, args.qmax).sub_(zero)
+        else:
+            err.clamp_(args.qmin, args.qmax)
+        total = err.mul_(scale).sub_(w).abs_().pow_(norm).sum(dim=-1, keepdim=True)
+        better = total < best_err
+        best_err = torch.where(better, total, best_err)
         best = torch.where(better, torch.full_like(best, p), best)
     return best
 
