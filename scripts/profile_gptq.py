@@ -21,7 +21,8 @@ from _bench import machine
 from llmcompress import Recipe, compress
 from llmcompress.data import CalibrationConfig
 from llmcompress.methods.gptq import GPTQConfig
-from llmcompress.methods.gptq.gptq import _add_gram, _bf16_cpu_matmul, refit_scales
+from llmcompress.methods.gptq.hessian import _add_gram, _bf16_cpu_matmul
+from llmcompress.methods.gptq.refit import refit_scales
 
 
 def timed(fn, repeats: int = 3) -> float:

@@ -3,7 +3,7 @@ evaluation text.
 
 GPTQ fixes each group's scale before its columns are rounded (from the weights alone, by the MSE
 clipping search); once the codes are chosen, the layer's output error is a quadratic in the scales,
-and ``refit_scales`` solves it per row (``llmcompress.methods.gptq.gptq.refit_scales``). This runs
+and ``refit_scales`` solves it per row (``llmcompress.methods.gptq.refit.refit_scales``). This runs
 plain GPTQ and GPTAQ (alpha 0.5, as the built-in int4 recipes) with and without the refit and
 measures perplexity on the two selection texts of ``select_gptaq_damp.py`` (unused ``wiki_calib``
 windows, ``python_code``), which no benchmark reports.

@@ -7,9 +7,10 @@ from torch import nn
 from llmcompress import ConfigError, DataError, Recipe, compress
 from llmcompress.data import CalibrationConfig
 from llmcompress.methods.gptq import GPTQConfig
-from llmcompress.methods.gptq import gptq as G
-from llmcompress.methods.gptq.gptq import (HessianError, accumulate_hessian, accumulate_hessian_pair, asymmetric_target,
-                                        gptq_quantize, inverse_hessian_cholesky)
+from llmcompress.methods.gptq import hessian, linalg, refit
+from llmcompress.methods.gptq.gptq import gptq_quantize
+from llmcompress.methods.gptq.hessian import accumulate_gptaq, accumulate_hessian, accumulate_hessian_pair
+from llmcompress.methods.gptq.linalg import HessianError, add_diagonal, asymmetric_target, inverse_hessian_cholesky
 from llmcompress.methods.quant.grid import QuantArgs, fake_quantize, group_qparams
 from llmcompress.methods.quant.record import QuantRecord, quantized_modules
 from llmcompress.verify import check_reload, reference_ids, reload_logits
@@ -130,7 +131,7 @@ def test_refit_scales_default_follows_gptaq():
 def test_refit_scales_is_the_per_row_least_squares_optimum(chunk, monkeypatch):
     """Against a direct least-squares solve in float64, row by row; a group left with no nonzero
     code (row 0's first) has no say in the objective and keeps its scale."""
-    monkeypatch.setattr(G, "REFIT_CHUNK", chunk)
+    monkeypatch.setattr(refit, "REFIT_CHUNK", chunk)
     W, X, H = layer_problem(rows=8, cols=128)
     args = QuantArgs(4, 64, True)
     res = gptq_quantize(W, H, args)
@@ -139,9 +140,9 @@ def test_refit_scales_is_the_per_row_least_squares_optimum(chunk, monkeypatch):
     C[0, :64] = 0  # row 0: group 0 has no codes left
     Q = C * scale.repeat_interleave(64, dim=1)
     Hd = H + 0.01 * torch.diag(H).mean() * torch.eye(128)
-    Q1, s1, refit, ratio = G.refit_scales(W, Hd, Q, scale, 64, torch.float32)
+    Q1, s1, refitted, ratio = refit.refit_scales(W, Hd, Q, scale, 64, torch.float32)
     torch.testing.assert_close(torch.tensor(ratio), output_error(W, Q1, Hd) / output_error(W, Q, Hd), rtol=1e-5, atol=0)
-    assert refit.all()
+    assert refitted.all()
     assert s1[0, 0] == scale[0, 0]
     for r in range(1, 8):
         B = torch.zeros(128, 2, dtype=torch.float64)  # dequantized row = B @ s
@@ -167,25 +168,21 @@ def test_inverse_hessian_factor_against_float64(leaf, monkeypatch):
     """The column loop's factor: upper triangular, ``U^T U = (H + lambda I)^-1`` to float32 accuracy, from
     one factorization of the reversed matrix and a blocked triangular inverse (leaf 16: the recursion
     splits 100 columns down to 12-13-wide blocks)."""
-    from llmcompress.methods.gptq import gptq
-
-    monkeypatch.setattr(gptq, "TRIANGULAR_LEAF", leaf)
+    monkeypatch.setattr(linalg, "TRIANGULAR_LEAF", leaf)
     torch.manual_seed(0)
     x = torch.randn(400, 100) * torch.rand(100) * 3
     H = 2 * x.T @ x / 400
-    U, damp = gptq.inverse_hessian_cholesky(H, 0.01)
+    U, damp = inverse_hessian_cholesky(H, 0.01)
     A = H.double() + 0.01 * torch.diag(H.double()).mean() * torch.eye(100, dtype=torch.float64)
     ref = torch.linalg.cholesky(torch.linalg.inv(A), upper=True)
     assert damp == 0.01 and torch.equal(U, torch.triu(U))
     torch.testing.assert_close(U.double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
     L = torch.linalg.cholesky(A).float()
-    torch.testing.assert_close(gptq.lower_triangular_inverse(L).double() @ L.double(), torch.eye(100, dtype=torch.float64),
+    torch.testing.assert_close(linalg.lower_triangular_inverse(L).double() @ L.double(), torch.eye(100, dtype=torch.float64),
                                rtol=0, atol=1e-5)
 
 
 def test_add_diagonal_is_adding_a_scaled_identity():
-    from llmcompress.methods.gptq.gptq import add_diagonal
-
     torch.manual_seed(0)
     H = torch.randn(50, 50)
     value = 0.01 * torch.diag(H).mean()
@@ -529,8 +526,6 @@ def asymmetric_problem(seed=1):
 
 def test_inverse_hessian_with_inverse_matches_its_factor():
     """GPTQ / GPTAQ take the shifted target and the column loop's factor from one factorization."""
-    from llmcompress.methods.gptq.gptq import inverse_hessian_cholesky
-
     W, X, Xq, H, D = asymmetric_problem()
     U, inv, damp = inverse_hessian_cholesky(H, 0.01, with_inverse=True)
     lam = 0.01 * torch.diag(H).mean()
@@ -561,7 +556,7 @@ def test_bf16_statistics_in_blocks_match_the_float64_products(monkeypatch, block
     """The CPU bf16 path multiplies only the blocks on and right of H's diagonal (mirroring the
     rest) and keeps D as a transposed view; both must still be the plain products, and H must
     not be rounded to bf16 (which made nearly singular Hessians indefinite)."""
-    monkeypatch.setattr(G, "GRAM_BLOCK", block)  # 16: three block rows of a 50-wide input
+    monkeypatch.setattr(hessian, "GRAM_BLOCK", block)  # 16: three block rows of a 50-wide input
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(4, 40, 50, generator=g) * torch.rand(50, generator=g) * 4).bfloat16()
     ref = (x.float() + 0.2 * torch.randn(x.shape, generator=g)).bfloat16()
@@ -654,8 +649,6 @@ def test_gptaq_target_dampening_is_its_own_ridge():
 def test_gptaq_projected_statistic_is_w_times_d(dtype):
     """For a module with its own input and rows < cols / 2 (down_proj), GPTAQ keeps ``P = W D``
     instead of ``D``; it must equal the product, and narrower-than-wide modules keep ``D``."""
-    from llmcompress.methods.gptq.gptq import accumulate_gptaq
-
     g = torch.Generator().manual_seed(5)
     x = (torch.randn(6, 30, 96, generator=g) * torch.rand(96, generator=g) * 3).to(dtype)
     ref = (x.float() + 0.3 * torch.randn(x.shape, generator=g)).to(dtype)
@@ -684,8 +677,6 @@ def test_gptaq_dead_columns_same_target_from_d_and_p():
     """A column whose quantized-model input is always zero ("dead") is zeroed, but the
     full-precision input there is not: the target reproduces ``W ref``, so both statistics take
     ``W`` before dead columns are zeroed, and the other columns make up for the lost one."""
-    from llmcompress.methods.gptq.gptq import accumulate_gptaq
-
     g = torch.Generator().manual_seed(9)
     x = torch.randn(4, 50, 96, generator=g)
     x[..., 7] = 0  # dead in the model being quantized
@@ -712,8 +703,6 @@ def test_gptaq_engine_projects_down_proj_only(tiny_model_dir):
     """In the engine down_proj (256 x 768 in the tiny model) gets ``P``; the rest get ``D``."""
     from llmcompress import load_model
     from llmcompress.methods import layerwise
-    from llmcompress.methods.gptq.gptq import accumulate_gptaq
-
     model, _, _ = load_model(str(tiny_model_dir))
     ids = reference_ids(model.config.vocab_size)[:, :32].repeat(4, 1)
     kinds = {}

@@ -6,7 +6,7 @@ import torch
 from llmcompress import ConfigError, Recipe, compress
 from llmcompress.data import CalibrationConfig
 from llmcompress.methods.gptq import GPTQConfig
-from llmcompress.methods.gptq.gptq import accumulate_hessian, accumulate_hessian_pair
+from llmcompress.methods.gptq.hessian import accumulate_hessian, accumulate_hessian_pair
 from llmcompress.methods.prune import PruneConfig, apply_prune
 from llmcompress.methods.prune.masks import layer_mask, nm_mask, nm_valid, parse_pattern, row_mask
 from llmcompress.methods.sparsegpt import SparseGPTConfig

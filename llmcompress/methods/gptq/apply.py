@@ -11,7 +11,8 @@ from ..layerwise import calibrate_layerwise, check_finite
 from ..quant.record import QuantRecord, set_record
 from ..quant.select import plan
 from .config import GPTQConfig
-from .gptq import accumulate_gptaq, accumulate_hessian, gptq_quantize
+from .gptq import gptq_quantize
+from .hessian import accumulate_gptaq, accumulate_hessian
 
 
 @register_method("gptq", GPTQConfig)

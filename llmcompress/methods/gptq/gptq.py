@@ -16,12 +16,15 @@ the objective to ``||W X - Q X~||``, where ``X~`` are the layer's inputs in the 
 model and ``X`` the full-precision model's, so each layer also undoes the error that reached it.
 With ``H = X~ X~^T`` and ``D = (X - X~) X~^T`` the objective equals ``(Q - W*) H (Q - W*)^T`` plus
 a constant, where ``W* = W + W D H^-1`` is its unconstrained minimizer: it is GPTQ's problem with
-the target ``W*`` in place of ``W`` and the same ``H`` (:func:`asymmetric_target`). (The paper folds
+the target ``W*`` in place of ``W`` and the same ``H`` (:func:`~.linalg.asymmetric_target`). (The paper folds
 the shift into the column loop instead; moving it up front keeps one column loop and kernel.) ``alpha`` blends the
 two objectives (``W + alpha W D H^-1``), as the paper's alpha does.
 
-After the column loop, :func:`refit_scales` solves for each row's group scales given its codes
+After the column loop, :func:`~.refit.refit_scales` solves for each row's group scales given its codes
 (the scale half of alternating between codes and scales; GPTQ itself fixes the scales first).
+
+The statistics (``H``, ``D``) accumulate in :mod:`.hessian`, the dampened factorizations and GPTAQ's
+target are in :mod:`.linalg`, the scale refit in :mod:`.refit`; this module holds the column loop.
 
 Rows are independent given ``H``: weights that read the same input (q/k/v, gate/up) are
 quantized in one call by stacking their rows, which gives the same result as separate
@@ -32,420 +35,17 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from ..quant.grid import QuantArgs, group_qparams, mse_shrink, qparams
 from . import kernel as _kernel
+from .linalg import ridge_solve, add_diagonal, inverse_hessian_cholesky
+from .refit import refit_scales
 
 
 logger = logging.getLogger(__name__)
-
-
-class HessianError(RuntimeError):
-    """Cholesky failed even after raising the dampening."""
-
-
-@contextmanager
-def _tf32_matmul():
-    m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):  # torch >= 2.9
-        old = m.fp32_precision
-        m.fp32_precision = "tf32"
-        try:
-            yield
-        finally:
-            m.fp32_precision = old
-    else:  # pragma: no cover - older torch
-        old = m.allow_tf32
-        m.allow_tf32 = True
-        try:
-            yield
-        finally:
-            m.allow_tf32 = old
-
-
-@contextmanager
-def _bf16_cpu_matmul():
-    """float32 matmuls on CPU run on oneDNN's bf16 kernels (float32 accumulation and output).
-
-    For operands that hold bf16 values (calibration activations) nothing is rounded on the
-    way in, so the result is a float32 product (relative error ~5e-7 on 4096 x 4864 inputs,
-    like IEEE float32) at about half its time on CPUs with AMX / AVX512-BF16. Without the
-    setting (torch < 2.9) the product is plain float32.
-    """
-    m = getattr(torch.backends.mkldnn, "matmul", None)
-    if m is None or not hasattr(m, "fp32_precision"):  # pragma: no cover - older torch
-        yield
-        return
-    old = m.fp32_precision
-    m.fp32_precision = "bf16"
-    try:
-        yield
-    finally:
-        m.fp32_precision = old
-
-
-# Rows per block of the symmetric product on CPU: three blocks for Qwen2.5's 4864-wide
-# down_proj, one for 896-wide inputs (timed with torch.mm on an AMX CPU, 4096 tokens a batch).
-GRAM_BLOCK = 1664
-
-
-def _add_gram(H: torch.Tensor, xt: torch.Tensor, alpha: float) -> None:
-    """``H += alpha * xt xt^T`` for a contiguous float32 ``xt`` ``[cols, tokens]`` on CPU.
-
-    Only the block rows on and right of the diagonal are multiplied; the blocks below are the
-    transposes of those right of it (3 of 4 blocks for two block rows, 6 of 9 for three), so
-    ``H`` also stays exactly symmetric. With the tokens on the inner, contiguous axis the
-    kernel runs faster than on ``x.t()`` (a transposed view of ``[tokens, cols]``).
-    """
-    c = xt.shape[0]
-    k = max(1, round(c / GRAM_BLOCK))
-    bounds = [(i * c) // k for i in range(k + 1)]
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        P = torch.mm(xt[a:b], xt[a:].t())
-        H[a:b, a:].add_(P, alpha=alpha)
-        if b < c:
-            H[b:, a:b].add_(P[:, b - a :].t(), alpha=alpha)
-
-
-def _accumulate(H: torch.Tensor | None, x: torch.Tensor, count: int):
-    """``accumulate_hessian`` returning also ``x^T`` as a contiguous bf16 ``[cols, tokens]`` when
-    the CPU bf16 path made one (GPTAQ reuses it for ``D``), else None."""
-    x = x.reshape(-1, x.shape[-1])
-    n = x.shape[0]
-    if H is None:
-        H = torch.zeros(x.shape[1], x.shape[1], device=x.device, dtype=torch.float32)
-    total = count + n
-    H.mul_(count / total)
-    xt = None
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
-        # Not a bf16 product: its output is rounded to bf16 (2^-9 relative per entry), which made
-        # Qwen2.5's nearly singular o_proj Hessians indefinite (smallest eigenvalue -7 to -11
-        # times the 1% dampening, exact: +1.0) and forced their dampening up to 100%. A float32
-        # product on bf16 kernels (exact inputs, float32 output) costs 1.7x a bf16 one, not 4x.
-        xt = x.t().contiguous()
-        with _bf16_cpu_matmul():
-            _add_gram(H, xt.float(), 2.0 / total)
-    elif x.dtype in (torch.bfloat16, torch.float16) and x.is_cuda:
-        # bf16 / fp16 values are exact in TF32 (10 mantissa bits), so TF32 tensor cores lose
-        # nothing on the inputs; only their accumulation differs from IEEE float32 (max
-        # relative error 3.6e-5 against float64 on an H100, float32 5.6e-6: far below the
-        # 1% dampening). 3.6x faster; this product was most of GPTQ's GPU time (BENCHMARKS.md).
-        with _tf32_matmul():
-            H.addmm_(x.t().float(), x.float(), alpha=2.0 / total)
-    else:
-        H.addmm_(x.t().float(), x.float(), alpha=2.0 / total)
-    return H, total, xt
-
-
-def accumulate_hessian(H: torch.Tensor | None, x: torch.Tensor, count: float,
-                       first_token_weight: float = 1.0) -> tuple[torch.Tensor, float]:
-    """Add a batch of inputs to a running ``H = 2/n * sum x x^T`` (float32).
-
-    Args:
-        H: the running Hessian ``[cols, cols]`` or None.
-        x: inputs ``[..., cols]`` (any leading shape: batch, tokens).
-        count: tokens already in ``H``.
-        first_token_weight: w > 1 counts the first position of each sequence of a
-            ``[batch, seq, cols]`` input as w tokens (the attention sink; see
-            :func:`llmcompress.methods.wanda.accumulate_sq_norms`).
-
-    Returns:
-        ``(H, count)`` updated.
-    """
-    first, extra = first_positions(x, first_token_weight)  # checked before H changes
-    H, total, _ = _accumulate(H, x, count)
-    if extra:
-        # The first positions already count once: add (w - 1) more of their outer products.
-        H.mul_(total / (total + extra))
-        total += extra
-        H.addmm_(first.t(), first, alpha=2.0 * (first_token_weight - 1.0) / total)
-    return H, total
-
-
-def first_positions(x: torch.Tensor, first_token_weight: float) -> tuple[torch.Tensor | None, float]:
-    """The first position of each sequence of a ``[batch, seq, cols]`` input as float32 ``[batch, cols]``,
-    and the tokens it adds when it counts as ``first_token_weight`` tokens instead of one
-    (``(None, 0)`` for weight 1). Shared by Wanda's norms and the Hessians.
-
-    Raises:
-        ValueError: for a weight other than 1 on an input without a position axis.
-    """
-    if first_token_weight == 1.0:
-        return None, 0.0
-    if x.dim() < 3:  # the position axis is needed to find the first token
-        raise ValueError(f"first_token_weight needs [batch, seq, features] inputs; got shape {tuple(x.shape)}")
-    first = x[..., 0, :].reshape(-1, x.shape[-1]).float()
-    return first, (first_token_weight - 1.0) * first.shape[0]
-
-
-def accumulate_hessian_pair(state: tuple[torch.Tensor, torch.Tensor] | None, x: torch.Tensor, count: int,
-                            ref: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
-    """GPTAQ's statistics: ``H = 2/n sum x x^T`` and ``D = 2/n sum (ref - x) x^T`` (float32).
-
-    Args:
-        state: ``(H, D)`` or None.
-        x: inputs in the model being quantized ``[..., cols]``.
-        count: tokens already accumulated.
-        ref: the same inputs in the unmodified model, same shape as ``x``.
-
-    For bf16 inputs on CPU ``D`` is a transposed view of a contiguous buffer holding
-    ``D^T = 2/n sum x^T (ref - x)``: that product runs with the layout the bf16 kernel is
-    fastest on, reusing the contiguous ``x^T`` made for ``H``.
-    """
-    H, D = state if state is not None else (None, None)
-    H, total, xt = _accumulate(H, x, count)
-    x = x.reshape(-1, x.shape[-1])
-    ref = ref.reshape(-1, ref.shape[-1])
-    if D is None:  # on the CPU bf16 path a view of D^T's buffer, else plain
-        D = torch.zeros_like(H).t() if xt is not None else torch.zeros_like(H)
-    D.mul_(count / total)
-    if xt is not None and ref.dtype == torch.bfloat16:
-        # A bf16 product (float32 accumulation, output rounded to bf16 once per batch): D only
-        # shifts the target weights and need not stay positive definite as H must, so rounding
-        # it (and the differences) to bf16 (2^-9 relative) is far below its own noise.
-        # A bf16 subtraction computes in float32 and rounds once: the same bits as
-        # subtracting in float32 and then casting, without two float32 copies of the inputs.
-        D.t().add_(torch.mm(xt, ref - x), alpha=2.0 / total)
-        return (H, D), total
-    dx = ref.float() - x.float()
-    if x.is_cuda:
-        with _tf32_matmul():  # TF32 rounding of the differences: as above, far below D's own noise
-            D.addmm_(dx.t(), x.float(), alpha=2.0 / total)
-    else:
-        D.addmm_(dx.t(), x.float(), alpha=2.0 / total)
-    return (H, D), total
-
-
-def accumulate_gptaq(state: tuple | None, x: torch.Tensor, count: int, ref: torch.Tensor,
-                     weight: torch.Tensor | None = None) -> tuple[tuple, int]:
-    """GPTAQ's statistics as ``(H, D, P)``: :func:`accumulate_hessian_pair`'s ``H`` and ``D`` (``P``
-    None), or, given the ``weight`` of a module that has its input to itself and fewer than half
-    as many rows as columns (down_proj), ``H`` and ``P = W D = 2/n sum W (ref - x) x^T`` (``D``
-    None).
-
-    The shifted target needs only ``W D``; for down_proj (``[hidden, intermediate]``) the two
-    products of ``P`` cost ``2 rows cols`` per token against ``cols^2`` for ``D``: 2.7x fewer on
-    Qwen2.5-0.5B, whose down_proj ``D`` was most of GPTAQ's statistics time. ``weight`` is the
-    weight the forwards use, unchanged while its layer group is observed.
-    """
-    if weight is None or 2 * weight.shape[0] >= weight.shape[1]:
-        (H, D), total = accumulate_hessian_pair(None if state is None else state[:2], x, count, ref)
-        return (H, D, None), total
-    H, _, P = state if state is not None else (None, None, None)
-    H, total, xt = _accumulate(H, x, count)
-    x = x.reshape(-1, x.shape[-1])
-    dx = ref.reshape(-1, ref.shape[-1]) - x
-    rows, cols = weight.shape
-    if P is None:  # on the CPU bf16 path a view of P^T's buffer (the product's fast layout)
-        P = torch.zeros(cols, rows, device=x.device).t() if xt is not None else torch.zeros(rows, cols, device=x.device)
-    P.mul_(count / total)
-    if xt is not None and dx.dtype == torch.bfloat16:
-        # bf16 products, each output rounded once per batch, as D's is (far below P's own noise)
-        y = torch.mm(dx, weight.to(dx.dtype).t())  # [tokens, rows]: W (ref - x), token by token
-        P.t().add_(torch.mm(xt, y), alpha=2.0 / total)
-        return (H, None, P), total
-    with _tf32_matmul() if x.is_cuda else nullcontext():
-        y = torch.mm(dx.float(), weight.float().t())
-        P.addmm_(y.t(), x.float(), alpha=2.0 / total)
-    return (H, None, P), total
-
-
-accumulate_gptaq.takes_weight = True
-
-
-def add_diagonal(H: torch.Tensor, value) -> torch.Tensor:
-    """``H + value I`` as a new tensor: the same bits as adding ``value * eye``, without building the
-    identity and two more full matrices (for a 4864-wide Hessian 0.08 s a call, three calls a layer group)."""
-    A = H.clone()
-    A.diagonal().add_(value)
-    return A
-
-
-def _dampened(H: torch.Tensor, damp: float, name: str, factor, max_tries: int = 6):
-    """``(factor(H + lambda I), damp_used)``, ``lambda = damp * mean(diag H)``; ``factor`` returns
-    None when the dampened matrix is not usable, and the dampening is then multiplied by 10
-    (badly conditioned Hessians from few or degenerate samples). After ``max_tries`` a
-    :class:`HessianError` names the layer."""
-    mean_diag = torch.mean(torch.diag(H))
-    for _ in range(max_tries):
-        out = factor(add_diagonal(H, damp * mean_diag))
-        if out is not None:
-            return out, damp
-        damp *= 10
-    raise HessianError(
-        f"layer '{name}': the Hessian is not positive definite even with dampening {damp / 10:g}; "
-        "calibrate on more (or more varied) samples, or raise 'damp'")
-
-
-def asymmetric_target(W: torch.Tensor, H: torch.Tensor, D: torch.Tensor, alpha: float, damp: float,
-                      name: str = "") -> torch.Tensor:
-    """``W + alpha W D (H + lambda I)^-1``: the weights that best map the quantized model's inputs
-    to the full-precision outputs (GPTAQ), a ridge regression with ``lambda = damp * mean(diag H)``.
-
-    Args:
-        W: ``[rows, cols]`` float32.
-        H, D: from :func:`accumulate_hessian_pair` (dead columns already patched in ``H``).
-        alpha: blend, 0 (GPTQ's target ``W``) .. 1 (the full asymmetric target).
-        damp: fraction of the mean Hessian diagonal added before solving (raised like GPTQ's
-            if the Cholesky factorization fails).
-
-    Solved with one Cholesky factorization (no inverse). When the target's dampening equals the
-    column loop's, GPTQ and SparseGPT instead reuse the inverse their loop factorizes anyway
-    (:func:`inverse_hessian_cholesky` with ``with_inverse``).
-    """
-    return W + alpha * _ridge_solve(W @ D, H, damp, name)
-
-
-def _ridge_solve(WD: torch.Tensor, H: torch.Tensor, damp: float, name: str) -> torch.Tensor:
-    """``WD (H + lambda I)^-1`` from one Cholesky factorization (H is symmetric, so this is
-    ``(A^-1 (W D)^T)^T``)."""
-    L, _ = _dampened(H, damp, name, _cholesky_or_none)
-    return torch.cholesky_solve(WD.t(), L).t()
-
-
-def _cholesky_or_none(A: torch.Tensor):
-    L, info = torch.linalg.cholesky_ex(A)
-    return L if info == 0 else None
-
-
-def inverse_hessian_cholesky(H: torch.Tensor, damp: float, name: str = "", max_tries: int = 6,
-                             with_inverse: bool = False):
-    """Upper Cholesky factor of ``(H + lambda I)^-1``, ``lambda = damp * mean(diag H)``.
-
-    The dampening is multiplied by 10 on each failure (badly conditioned Hessians from
-    few or degenerate samples); after ``max_tries`` a :class:`HessianError` names the layer.
-
-    GPTQ's reference code factorizes, inverts and factorizes again. With ``J`` the reversal of
-    rows and columns, ``J A J = L L^T`` gives ``A^-1 = (J L^-1 J)^T (J L^-1 J)`` where ``J L^-1 J`` is
-    upper triangular: the same factor from one Cholesky factorization and one triangular inverse
-    (0.72 s against 1.10 s at width 4864 on a 2-core CPU, and closer to a float64 reference:
-    relative error 1.4e-7 against 2.6e-7).
-
-    Returns:
-        ``(U, damp_used)``, or ``(U, (H + lambda I)^-1, damp_used)`` with ``with_inverse``.
-    """
-    def inverse_factor(A):
-        L, info = torch.linalg.cholesky_ex(A.flip(0, 1))
-        if info != 0:
-            return None
-        U = lower_triangular_inverse(L).flip(0, 1)
-        # A NaN or inf anywhere in U reaches the diagonal (U_jj takes every U_ij^2 above it):
-        # checking the diagonal is as good as the whole matrix, at 1/cols of the cost.
-        if not torch.isfinite(torch.diagonal(U)).all():
-            return None
-        return (U, torch.cholesky_inverse(L).flip(0, 1)) if with_inverse else U
-
-    out, damp_used = _dampened(H, damp, name, inverse_factor, max_tries)
-    return (*out, damp_used) if with_inverse else (out, damp_used)
-
-
-# lower_triangular_inverse solves blocks up to this width directly (a triangular solve against the
-# identity); larger ones split in two, so most of the work runs as matrix products.
-TRIANGULAR_LEAF = 1024
-
-
-def lower_triangular_inverse(L: torch.Tensor) -> torch.Tensor:
-    """``L^-1`` for a lower-triangular ``L``, blocked: ``[[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]``.
-
-    torch has no triangular inverse (LAPACK's trtri); a triangular solve against the identity
-    costs ``n^3`` flops at triangular-solve speed, while the recursion spends ``2n^3/3`` in matrix
-    products (0.34 s against 0.56 s at width 4864 on a 2-core CPU, equally accurate).
-    """
-    n = L.shape[0]
-    if n <= TRIANGULAR_LEAF:
-        return torch.linalg.solve_triangular(L, torch.eye(n, dtype=L.dtype, device=L.device), upper=False)
-    h = n // 2
-    X = torch.zeros_like(L)
-    A_inv = lower_triangular_inverse(L[:h, :h])
-    C_inv = lower_triangular_inverse(L[h:, h:])
-    X[:h, :h] = A_inv
-    X[h:, h:] = C_inv
-    X[h:, :h] = -(C_inv @ (L[h:, :h] @ A_inv))
-    return X
-
-
-# refit_scales solves at most this many entries of its per-row systems at once.
-REFIT_CHUNK = 1 << 24
-
-
-def refit_scales(W: torch.Tensor, H: torch.Tensor, Q: torch.Tensor, scale: torch.Tensor, g: int,
-                 scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Refit each row's group scales to GPTQ's objective, keeping its integer codes.
-
-    GPTQ chooses the codes with the scales fixed up front (from the weights alone, by the
-    observer); given the codes, the layer's output error ``(w - Q) H (w - Q)^T`` is a quadratic in
-    the row's scales, since each dequantized weight is ``scale_g * (q - zero_g)``: the best scales
-    solve a ``[groups x groups]`` linear system per row,
-    ``A s = b`` with ``A_gh = c_g^T H_gh c_h`` and ``b_g = c_g^T (H w)_g`` (``c`` the codes minus
-    the zero point). This is the scale half of alternating between codes and scales; GPTQ's
-    column loop (like AdaRound, Nagel et al., "Up or Down? Adaptive Rounding for Post-Training
-    Quantization", ICML 2020) optimizes the codes for fixed scales. Zero points stay as they are,
-    and so do zero (pruned) weights (their code minus zero point is 0).
-
-    Args:
-        W: the target weights ``[rows, cols]`` float32 (GPTAQ's shifted target when it applies).
-        H: the dampened Hessian ``[cols, cols]`` float32 of the column loop, in the same column order.
-        Q: GPTQ's dequantized weights ``[rows, cols]`` float32.
-        scale: ``[rows, groups]`` float32 holding values of ``scale_dtype``.
-        g: group size.
-        scale_dtype: the dtype scales are stored in (new scales are rounded to it).
-
-    Returns:
-        ``(Q, scale, refit, ratio)``: a row keeps its old scales (``refit`` False) unless the new,
-        rounded ones are positive, finite and lower its objective; ``ratio`` is the whole
-        weight's objective after the refit over before.
-    """
-    rows, cols = W.shape
-    n_groups = cols // g
-    # Rows are independent: bound the [rows, groups, groups] systems to REFIT_CHUNK elements at a time
-    # (a 70B model's down_proj, 224 groups of 128, would otherwise hold 1.6 GB of them at once).
-    step = max(1, REFIT_CHUNK // (n_groups * n_groups + cols))
-    parts = [_refit_rows(W[i : i + step], H, Q[i : i + step], scale[i : i + step], g, scale_dtype)
-             for i in range(0, rows, step)]
-    Q, scale, ok, before, after = (torch.cat(t) for t in zip(*parts))
-    total = float(before.sum())
-    return Q, scale, ok, float(after.sum()) / total if total > 0 else 1.0
-
-
-def _refit_rows(W, H, Q, scale, g: int, scale_dtype):
-    """:func:`refit_scales` on a block of rows; also returns each row's objective before and after."""
-    rows, cols = W.shape
-    n_groups = cols // g
-    C = Q / scale.repeat_interleave(g, dim=1)  # codes minus zero points, exact integers up to rounding
-    C.round_()
-    A = torch.zeros(rows, n_groups, n_groups, device=W.device)
-    for h in range(n_groups):  # A[:, :h+1, h] from group h's share of C H; A is symmetric
-        e = (h + 1) * g
-        T = C[:, h * g : e] @ H[h * g : e, :e]
-        A[:, : h + 1, h] = (C[:, :e] * T).view(rows, h + 1, g).sum(-1)
-    del T
-    A = A + torch.triu(A, 1).transpose(1, 2)
-    WH = W @ H
-    b = (C * WH).view(rows, n_groups, g).sum(-1)
-    const = (WH * W).sum(-1)  # w^T H w: the objective's constant
-    del WH
-    # Groups whose codes are all zero have no say in the objective: pin them to their old scale.
-    diag = torch.diagonal(A, dim1=1, dim2=2)
-    empty = diag <= 0
-    A = A + torch.diag_embed(torch.where(empty, torch.ones_like(diag), torch.zeros_like(diag)))
-    b = torch.where(empty, scale, b)
-    const = const + (scale * scale * empty).sum(-1)  # the pinned groups' s^2 - 2 s s_old, cancelled
-    new, info = torch.linalg.solve_ex(A, b.unsqueeze(-1))
-    new = new.squeeze(-1).to(scale_dtype).float()
-
-    def objective(s):  # (w - Q) H (w - Q)^T for dequantized rows C * s
-        return (s.unsqueeze(1) @ A @ s.unsqueeze(-1)).squeeze(-1).squeeze(-1) - 2 * (b * s).sum(-1) + const
-
-    ok = (info == 0) & torch.isfinite(new).all(-1) & (new > 0).all(-1)
-    before = objective(scale)
-    after = objective(torch.where(ok.unsqueeze(-1), new, scale))
-    ok &= after < before
-    scale = torch.where(ok.unsqueeze(-1), new, scale)
-    return C * scale.repeat_interleave(g, dim=1), scale, ok, before, torch.where(ok, after, before)
 
 
 @dataclass
@@ -598,14 +198,14 @@ def gptq_quantize(
             returned weights are exactly what a loader will rebuild); default ``W.dtype``.
         scale_dtype: dtype the scales are stored in (default ``dtype``); scales are rounded to it.
         name: layer name for error messages.
-        D: GPTAQ's input-error statistic from :func:`accumulate_hessian_pair`; with ``alpha``
-            > 0 the target becomes :func:`asymmetric_target` (grids are fitted to it).
+        D: GPTAQ's input-error statistic from :func:`~.hessian.accumulate_hessian_pair`; with ``alpha``
+            > 0 the target becomes :func:`~.linalg.asymmetric_target` (grids are fitted to it).
         alpha: GPTAQ's blend (0: plain GPTQ).
         WD: instead of ``D``, the product ``W D`` (:func:`accumulate_gptaq`'s ``P``).
         target_damp: dampening of the shifted target's solve ``(H + lambda_t I)^-1`` (a ridge
             on the least-squares fit), if it should differ from ``damp`` (the column loop's).
         refit: after the column loop, refit each row's group scales to the objective with the
-            codes fixed (:func:`refit_scales`).
+            codes fixed (:func:`~.refit.refit_scales`).
         refit_damp: the refit's dampening, a fraction of the mean Hessian diagonal (default: the
             column loop's, after any automatic raise; never below it, which kept H positive definite).
 
@@ -649,7 +249,7 @@ def gptq_quantize(
         WD = WD.detach().float()
         if perm is not None:
             WD = WD[:, perm]
-        shift = _ridge_solve(WD, H, target_damp, name) if own_ridge else WD @ H_inv
+        shift = ridge_solve(WD, H, target_damp, name) if own_ridge else WD @ H_inv
         if perm is None:
             W = W + alpha * shift
         else:

@@ -25,7 +25,7 @@ import torch
 from ...config import check_range
 from ...errors import ConfigError
 from ...registry import register_method
-from ..gptq.gptq import accumulate_hessian, accumulate_hessian_pair
+from ..gptq.hessian import accumulate_hessian, accumulate_hessian_pair
 from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import per_layer_sparsity
 from ..prune.config import CalibratedAllocation, FirstTokenWeight, SparsityConfig

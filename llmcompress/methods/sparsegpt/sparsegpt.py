@@ -14,7 +14,7 @@ the ``M - N`` lowest of every N:M group.
 Asymmetric calibration (optional, ``D`` and ``alpha``): GPTAQ (Li et al., ICML 2025) fits each
 quantized layer to the full-precision model's outputs rather than to its own inputs' image; its
 objective ``||W X - W' X~||`` becomes SparseGPT's with the target ``W + alpha W D H^-1`` in place of
-``W`` (:func:`~llmcompress.methods.gptq.gptq.asymmetric_target`; computed here from the same inverse
+``W`` (:func:`~llmcompress.methods.gptq.linalg.asymmetric_target`; computed here from the same inverse
 as the column loop), so the same shift applies to
 pruning: the mask is then chosen on, and the reconstruction spread over, that target.
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..gptq.gptq import inverse_hessian_cholesky
+from ..gptq.linalg import inverse_hessian_cholesky
 
 
 @dataclass
@@ -66,7 +66,7 @@ def sparsegpt_prune(
         block_size: columns per mask-selection and lazy-update block (a multiple of M).
         damp: dampening as a fraction of the mean Hessian diagonal (raised if Cholesky fails).
         name: layer name for error messages.
-        D: ``(X - X~) X~^T`` from :func:`~llmcompress.methods.gptq.gptq.accumulate_hessian_pair`
+        D: ``(X - X~) X~^T`` from :func:`~llmcompress.methods.gptq.hessian.accumulate_hessian_pair`
             (``X`` the full-precision model's inputs); with ``alpha`` > 0 the target weights are
             shifted as in GPTAQ (module docstring).
         alpha: blend of the asymmetric target, 0 (plain SparseGPT) .. 1.

@@ -34,7 +34,7 @@ import torch
 
 from ...config import check_choice
 from ...registry import register_method
-from ..gptq.gptq import first_positions
+from ..gptq.hessian import first_positions
 from ..layerwise import LayerwiseOptions, calibrate_layerwise, check_finite
 from ..prune.apply import decoder_layer_groups, owl_allocation, per_layer_sparsity
 from ..prune.config import CalibratedAllocation, FirstTokenWeight, SparsityConfig
