@@ -575,6 +575,27 @@ def test_bf16_statistics_in_blocks_match_the_float64_products(monkeypatch, block
     assert torch.equal(H1, H1.T) and (H1.double() - exact).abs().max() <= 1e-5 * exact.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_chunked_transpose_is_the_transpose(dtype):
+    x = torch.randn(300, 70).to(dtype)  # 300 rows: two whole chunks of 128 and a partial one
+    t = hessian.transposed(x)
+    assert t.is_contiguous() and torch.equal(t, x.t())
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+def test_gptq_leaves_its_inputs_alone_and_returns_contiguous_weights(act_order):
+    """The column loop works in place on its own transposed copy: the caller's W and H must not
+    change, and the weights come back row-major (as a checkpoint stores them)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(512, 96, generator=g) * torch.rand(96, generator=g)
+    W = torch.randn(40, 96, generator=g) * 0.1
+    H = 2 * x.T @ x / 512
+    W0, H0 = W.clone(), H.clone()
+    res = gptq_quantize(W, H, QuantArgs(bits=4, group_size=32), act_order=act_order, block_size=64)
+    assert torch.equal(W, W0) and torch.equal(H, H0)
+    assert res.weight.is_contiguous() and res.weight.shape == W.shape
+
+
 def test_bf16_inputs_of_a_nearly_singular_hessian_stay_positive_definite():
     """Inputs close to a low-dimensional subspace (as attention outputs of early layers are):
     the accumulated H plus 1% dampening must factor without raising the dampening."""

@@ -41,6 +41,7 @@ import torch
 
 from ..quant.grid import QuantArgs, group_qparams, mse_shrink, qparams
 from . import kernel as _kernel
+from .hessian import transposed
 from .linalg import ridge_solve, add_diagonal, inverse_hessian_cholesky
 from .refit import refit_scales
 
@@ -235,7 +236,7 @@ def gptq_quantize(
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
     H_orig = H
     if perm is not None:
-        H = H[perm][:, perm]
+        H = H[perm[:, None], perm]  # one gather (80 ms against 100 ms for two at width 4864)
     # One factorization serves the column loop and, with GPTAQ, the shifted target (in the
     # permuted order: W_p D_p H_p^-1 is W D H^-1 with its columns permuted).
     # With its own dampening the target is a separate ridge solve (one more Cholesky, no inverse).
@@ -248,12 +249,12 @@ def gptq_quantize(
         # In the permuted order W_p D_p is (W D) with its columns permuted.
         WD = WD.detach().float()
         if perm is not None:
-            WD = WD[:, perm]
+            WD = WD.index_select(1, perm)
         shift = ridge_solve(WD, H, target_damp, name) if own_ridge else WD @ H_inv
         if perm is None:
             W = W + alpha * shift
         else:
-            W[:, perm] += alpha * shift
+            W.index_add_(1, perm, alpha * shift)
         del WD, shift
         if not own_ridge:
             del H_inv
@@ -273,7 +274,7 @@ def gptq_quantize(
         if zero is not None:
             zero.copy_(z)
     if act_order:
-        W, keep_zero = W[:, perm], keep_zero[:, perm]
+        W, keep_zero = W.index_select(1, perm), keep_zero.index_select(1, perm)
         col_group = (perm // g).tolist()
     else:
         col_group = [c // g for c in range(cols)]
@@ -282,15 +283,19 @@ def gptq_quantize(
         # Blocks hold whole groups, so a group's scale comes from its up-to-date weights.
         block_size = max(g, (block_size // g) * g)
     # Work on transposed copies: a weight column is then a contiguous row.
-    Wt = W.t().contiguous()
+    Wt = transposed(W)
     del W
-    Kt = (~keep_zero).t().float().contiguous() if bool(keep_zero.any()) else None
+    Kt = transposed((~keep_zero).float()) if bool(keep_zero.any()) else None
     del keep_zero
     if static:
         # Per-column scales / zeros in processing order, as the loader will see them.
-        St = scale.to(scale_dtype).float()[:, col_group].t().contiguous()
-        Zt = zero[:, col_group].t().contiguous() if zero is not None else None
-    Qt = torch.zeros_like(Wt)
+        # (rows of the small transposed [groups, rows] tables, gathered: no full-size transpose)
+        index = torch.tensor(col_group, device=scale.device)
+        St = scale.to(scale_dtype).float().t().contiguous()[index]
+        Zt = zero.t().contiguous()[index] if zero is not None else None
+    # Every row of Qt and of each block's E1 is written by the column loop (eager, Triton or graph).
+    Qt = torch.empty_like(Wt)
+    E = torch.empty(min(block_size, cols), rows, device=Wt.device)
     loss = torch.zeros(rows, device=Wt.device)
     dinv_all = 1.0 / torch.diag(U)
     mode = kernel_mode(Wt.device)
@@ -319,8 +324,8 @@ def gptq_quantize(
         if graph is not None and n == block_size:
             Q1, E1 = graph(Wt[i1:i2], U1, dinv, St[i1:i2], Zt[i1:i2] if Zt is not None else None, K1)
         else:
-            W1 = Wt[i1:i2].clone()
-            Q1, E1 = torch.zeros_like(W1), torch.zeros_like(W1)
+            # The loop updates the block's own columns in place; nothing reads them afterwards.
+            W1, Q1, E1 = Wt[i1:i2], Qt[i1:i2], E[:n]
             if static:
                 columns(W1, U1, dinv, St[i1:i2], Zt[i1:i2] if Zt is not None else None, K1, Q1, E1, 0, n, False)
             else:
@@ -336,12 +341,11 @@ def gptq_quantize(
                         zero[:, grp] = z_
                         Z1[j : j + g] = z_.unsqueeze(0)
                     columns(W1, U1, dinv, S1, Z1, K1, Q1, E1, j, j + g, j + g < n)
-        Qt[i1:i2] = Q1
+        if Q1.data_ptr() != Qt[i1:i2].data_ptr():  # the CUDA graph's own output buffer
+            Qt[i1:i2] = Q1
         loss += E1.pow(2).sum(0) / 2
         Wt[i2:] -= U[i1:i2, i2:].t() @ E1
-    Q = Qt.t()
-    if perm is not None:
-        Q = Q[:, torch.argsort(perm)]
+    Q = transposed(Qt.index_select(0, torch.argsort(perm)) if perm is not None else Qt)
     loss = float(loss.sum())
     if refit_with is not None:
         target, H = refit_with
