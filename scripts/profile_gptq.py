@@ -24,8 +24,8 @@ from llmcompress.data import CalibrationConfig
 from llmcompress.methods.gptq import GPTQConfig
 from llmcompress.methods.gptq.gptq import gptq_quantize
 from llmcompress.methods.gptq.hessian import _add_gram, _bf16_cpu_matmul
-from llmcompress.methods.quant.grid import QuantArgs
 from llmcompress.methods.gptq.refit import refit_scales
+from llmcompress.methods.quant.grid import QuantArgs
 
 
 def timed(fn, repeats: int = 3) -> float:
